@@ -1,0 +1,185 @@
+//! kiln-graph: loads docTR ONNX models at run time and runs them on Burn.
+//!
+//! ```no_run
+//! use kiln_graph::{Backend, Graph, Mode};
+//! let graph = Graph::load("crnn_mobilenet_v3_small.onnx")?;
+//! let plan = graph.compile(Backend::Flex, Mode::Fused, &[vec![1, 3, 32, 128]])?;
+//! let input = kiln_graph::TensorData::new(vec![0.5f32; 3 * 32 * 128], vec![1, 3, 32, 128]);
+//! let outputs = plan.run(&[input])?;
+//! # Ok::<(), kiln_graph::Error>(())
+//! ```
+//!
+//! Loading decodes the protobuf and runs shape-free passes (BatchNorm folding, pruning). Compiling
+//! specialises the graph to concrete input shapes, folds every constant and shape subgraph on the
+//! CPU, and binds the remaining kernels to a device; plans are cached per backend, mode and shape.
+
+mod device;
+mod error;
+mod model;
+mod ops;
+mod passes;
+mod plan;
+mod tensor;
+
+pub mod npy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use burn_backend::TensorData;
+pub use device::{Backend, LaunchCounter, Mode, open as open_device, process_mode, set_mode, sync};
+pub use error::{Error, ErrorKind, Result};
+pub use model::{Dim, ElemType, OnnxModel, ValueInfo};
+pub use ops::{TypeInfo, is_supported, supported_ops};
+pub use plan::{Plan, RunStats};
+
+use error::err;
+
+/// What loading measured.
+#[derive(Debug, Clone, Default)]
+pub struct LoadStats {
+    pub decode_ms: f64,
+    pub passes_ms: f64,
+    pub nodes: usize,
+    pub batchnorms_folded: usize,
+}
+
+type PlanKey = (Backend, Mode, Vec<Vec<usize>>);
+
+/// A loaded ONNX graph, ready to be compiled for any input shape.
+pub struct Graph {
+    model: OnnxModel,
+    stats: LoadStats,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+}
+
+impl Graph {
+    /// Loads and validates an ONNX file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let t = Instant::now();
+        let model = OnnxModel::from_path(path.as_ref())?;
+        Self::prepare(model, t)
+    }
+
+    /// Loads from memory; `name` is used in error messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Self> {
+        let t = Instant::now();
+        let model = OnnxModel::from_bytes(bytes, name.into())?;
+        Self::prepare(model, t)
+    }
+
+    fn prepare(mut model: OnnxModel, start: Instant) -> Result<Self> {
+        let decode_ms = start.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        validate_ops(&model.graph).map_err(|e| e.in_model(&model.source))?;
+        let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
+        let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
+        passes::prune_initializers(&mut model.graph);
+        let stats = LoadStats {
+            decode_ms,
+            passes_ms: t.elapsed().as_secs_f64() * 1e3,
+            nodes: model.graph.nodes.len(),
+            batchnorms_folded,
+        };
+        tracing::info!(model = %model.source.display(), ?stats, "loaded");
+        Ok(Self { model, stats, plans: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.model.source
+    }
+
+    pub fn inputs(&self) -> &[ValueInfo] {
+        &self.model.graph.inputs
+    }
+
+    pub fn outputs(&self) -> &[ValueInfo] {
+        &self.model.graph.outputs
+    }
+
+    pub fn opset(&self) -> i64 {
+        self.model.opset
+    }
+
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.stats
+    }
+
+    /// Compiles (or fetches from the cache) a plan for these input shapes.
+    pub fn compile(&self, backend: Backend, mode: Mode, input_shapes: &[Vec<usize>]) -> Result<Arc<Plan>> {
+        let key = (backend, mode, input_shapes.to_vec());
+        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let plan = Arc::new(self.build_plan(backend, mode, input_shapes).map_err(|e| e.in_model(&self.model.source))?);
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    fn build_plan(&self, backend: Backend, mode: Mode, shapes: &[Vec<usize>]) -> Result<Plan> {
+        let declared = self.inputs();
+        if shapes.len() != declared.len() {
+            return Err(err!(InputMismatch, "the model takes {} inputs, got {} shapes", declared.len(), shapes.len()));
+        }
+        let mut inputs = vec![];
+        for (info, shape) in declared.iter().zip(shapes) {
+            if info.dims.len() != shape.len() {
+                return Err(err!(
+                    InputMismatch,
+                    "input '{}' has rank {} ({:?}), got shape {shape:?}",
+                    info.name,
+                    info.dims.len(),
+                    info.dims
+                ));
+            }
+            if shape.contains(&0) {
+                return Err(err!(InputMismatch, "input '{}' shape {shape:?} has a zero dimension", info.name));
+            }
+            // Fixed export-time sizes are not enforced: specialisation checks what the graph needs.
+            inputs.push((info.name.clone(), TypeInfo::new(info.elem, shape.clone())));
+        }
+        let device = device::open(backend, mode)?;
+        let fold_ctx = tensor::Ctx::new(&burn_tensor::Device::flex());
+        let program = passes::specialize(&self.model, &inputs, &fold_ctx)?;
+        Plan::build(program, backend, mode, device)
+    }
+
+    /// Op type → node count, nested branches included.
+    pub fn op_histogram(&self) -> BTreeMap<String, usize> {
+        op_histogram(&self.model)
+    }
+}
+
+/// Op type → node count of a decoded model, nested branches included.
+pub fn op_histogram(model: &OnnxModel) -> BTreeMap<String, usize> {
+    let mut h = BTreeMap::new();
+    fn walk(g: &model::Subgraph, h: &mut BTreeMap<String, usize>) {
+        for n in &g.nodes {
+            *h.entry(n.op.clone()).or_default() += 1;
+            for a in n.attrs.values() {
+                if let model::Attr::Graph(sub) = a {
+                    walk(sub, h);
+                }
+            }
+        }
+    }
+    walk(&model.graph, &mut h);
+    h
+}
+
+/// Fails on the first node whose op Kiln does not implement.
+fn validate_ops(g: &model::Subgraph) -> Result<()> {
+    for n in &g.nodes {
+        if !ops::is_supported(&n.op) {
+            return Err(err!(UnsupportedOp, "op '{}' is not supported by Kiln", n.op).at_node(&n.name, &n.op));
+        }
+        for a in n.attrs.values() {
+            if let model::Attr::Graph(sub) = a {
+                validate_ops(sub)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! Neural-network ops: convolutions, pooling, normalisation, matrix products, softmax, resize.
+//! One-dimensional convolutions and pools run as their 2-D forms with a unit height.
+
+use burn_backend::TensorData;
+use burn_backend::ops::{
+    ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensorOps, InterpolateMode, InterpolateOptions, ModuleOps,
+    PadMode,
+};
+
+use super::{
+    Input, Lowering, TypeInfo, axis, broadcast, const_floats, const_ints, device_dims, input, kernel, kernel_with,
+    opt_input,
+};
+use crate::error::{Result, bail, err};
+use crate::model::{ElemType, Node};
+use crate::tensor::{B, expand, reshape, slice, to_rank};
+
+pub const OPS: &[&str] = &[
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "Gemm", "MatMul", "Resize",
+];
+
+pub fn handles(op: &str) -> bool {
+    OPS.contains(&op)
+}
+
+pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {
+    match node.op.as_str() {
+        "Conv" => lower_conv(node, inputs),
+        "ConvTranspose" => lower_conv_transpose(node, inputs),
+        "MaxPool" | "AveragePool" => lower_pool(node, inputs),
+        "GlobalAveragePool" | "GlobalMaxPool" => {
+            let x = float_input(inputs, 0, node)?;
+            let mut out = x.ty.shape.clone();
+            let dims: Vec<usize> = (2..out.len()).collect();
+            for &d in &dims {
+                out[d] = 1;
+            }
+            let max = node.op == "GlobalMaxPool";
+            kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |_, mut v| {
+                let mut t = v.remove(0);
+                for &d in &dims {
+                    t = if max { B::float_max_dim(t, d) } else { B::float_mean_dim(t, d) };
+                }
+                vec![t]
+            })
+        }
+        "BatchNormalization" => lower_batchnorm(node, inputs),
+        "LayerNormalization" => lower_layernorm(node, inputs),
+        "Softmax" | "LogSoftmax" => lower_softmax(node, inputs, opset),
+        "Gemm" => lower_gemm(node, inputs),
+        "MatMul" => lower_matmul(node, inputs),
+        "Resize" => lower_resize(node, inputs, opset),
+        other => bail!(UnsupportedOp, "nn op {other}"),
+    }
+}
+
+fn float_input<'a>(inputs: &'a [Option<Input<'a>>], i: usize, node: &Node) -> Result<Input<'a>> {
+    let x = input(inputs, i, node)?;
+    if x.ty.elem != ElemType::F32 {
+        bail!(UnsupportedAttribute, "{} input {i} must be float32, got {:?}", node.op, x.ty.elem);
+    }
+    Ok(x)
+}
+
+/// Spatial attributes shared by Conv, ConvTranspose and the pools, normalised to 2-D.
+struct Window {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// (begin, end) per spatial axis.
+    pads: [(usize, usize); 2],
+    /// The input had one spatial dimension (lifted to height 1).
+    one_d: bool,
+}
+
+fn window(node: &Node, spatial: &[usize], kernel: Option<Vec<usize>>) -> Result<Window> {
+    let nd = spatial.len();
+    if nd == 0 || nd > 2 {
+        bail!(UnsupportedAttribute, "{}-D {} (only 1-D and 2-D are supported)", nd, node.op);
+    }
+    let kernel: Vec<usize> = match node.ints("kernel_shape")? {
+        Some(k) => k.iter().map(|&v| v as usize).collect(),
+        None => kernel.ok_or_else(|| err!(InvalidGraph, "{} needs kernel_shape", node.op))?,
+    };
+    let get = |name: &str, default: usize| -> Result<Vec<usize>> {
+        Ok(node.ints(name)?.map(|v| v.iter().map(|&x| x.max(0) as usize).collect()).unwrap_or(vec![default; nd]))
+    };
+    let stride = get("strides", 1)?;
+    let dilation = get("dilations", 1)?;
+    if kernel.len() != nd || stride.len() != nd || dilation.len() != nd || stride.contains(&0) || dilation.contains(&0) {
+        bail!(InvalidGraph, "{} kernel/strides/dilations do not match {nd} spatial dims", node.op);
+    }
+    let auto_pad = node.string("auto_pad", "NOTSET")?;
+    let mut pads = vec![(0usize, 0usize); nd];
+    match auto_pad.as_str() {
+        "NOTSET" => {
+            if let Some(p) = node.ints("pads")? {
+                if p.len() != 2 * nd || p.iter().any(|&v| v < 0) {
+                    bail!(InvalidGraph, "{} pads {p:?} invalid for {nd} spatial dims", node.op);
+                }
+                for i in 0..nd {
+                    pads[i] = (p[i] as usize, p[i + nd] as usize);
+                }
+            }
+        }
+        "VALID" => {}
+        "SAME_UPPER" | "SAME_LOWER" if node.op != "ConvTranspose" => {
+            for i in 0..nd {
+                let out = spatial[i].div_ceil(stride[i]);
+                let need = ((out - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1).saturating_sub(spatial[i]);
+                let small = need / 2;
+                pads[i] = if auto_pad == "SAME_UPPER" { (small, need - small) } else { (need - small, small) };
+            }
+        }
+        other => bail!(UnsupportedAttribute, "auto_pad '{other}'"),
+    }
+    let lift = |v: &[usize], fill: usize| if nd == 1 { [fill, v[0]] } else { [v[0], v[1]] };
+    Ok(Window {
+        kernel: lift(&kernel, 1),
+        stride: lift(&stride, 1),
+        dilation: lift(&dilation, 1),
+        pads: if nd == 1 { [(0, 0), pads[0]] } else { [pads[0], pads[1]] },
+        one_d: nd == 1,
+    })
+}
+
+impl Window {
+    fn symmetric(&self) -> bool {
+        self.pads.iter().all(|(b, e)| b == e)
+    }
+    /// Output size of a sliding window along spatial axis `i` (of the lifted 2-D form).
+    fn out_len(&self, i: usize, len: usize, ceil: bool) -> Result<usize> {
+        let (b, e) = self.pads[i];
+        let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
+        let padded = len + b + e;
+        if padded < span {
+            bail!(ShapeMismatch, "window of {span} does not fit input of {len} (+{b}+{e} padding)");
+        }
+        let n = padded - span;
+        let mut out = if ceil { n.div_ceil(self.stride[i]) } else { n / self.stride[i] } + 1;
+        // ONNX (and PyTorch) drop a last window that starts inside the end padding.
+        if ceil && (out - 1) * self.stride[i] >= len + b {
+            out -= 1;
+        }
+        Ok(out)
+    }
+}
+
+/// `[N, C, L]` → `[N, C, 1, L]` for 1-D ops.
+fn lift_dims(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    s.insert(2, 1);
+    s
+}
+
+fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (x, w) = (float_input(inputs, 0, node)?, float_input(inputs, 1, node)?);
+    let bias = opt_input(inputs, 2);
+    let xs = &x.ty.shape;
+    let ws = &w.ty.shape;
+    if xs.len() < 3 || ws.len() != xs.len() {
+        bail!(ShapeMismatch, "Conv input {xs:?} and weight {ws:?} ranks do not fit");
+    }
+    let groups = node.int("group", 1)?.max(1) as usize;
+    if xs[1] != ws[1] * groups || ws[0] % groups != 0 {
+        bail!(ShapeMismatch, "Conv input channels {} != weight {:?} × group {groups}", xs[1], ws);
+    }
+    let win = window(node, &xs[2..], Some(ws[2..].to_vec()))?;
+    let (x4, w4) = if win.one_d { (lift_dims(xs), lift_dims(ws)) } else { (xs.clone(), ws.clone()) };
+    let oh = win.out_len(0, x4[2], false)?;
+    let ow = win.out_len(1, x4[3], false)?;
+    let out4 = vec![xs[0], ws[0], oh, ow];
+    let out = if win.one_d { vec![xs[0], ws[0], ow] } else { out4.clone() };
+    // Burn takes (begin, end) pads; asymmetric ones are padded explicitly first, in case a
+    // backend only implements symmetric padding.
+    let explicit = (!win.symmetric()).then_some(win.pads);
+    let options = ConvOptions::new_with_padding(
+        win.stride,
+        if explicit.is_some() { [(0, 0); 2] } else { win.pads },
+        win.dilation,
+        groups,
+    );
+    let mut uses = vec![0, 1];
+    if bias.is_some() {
+        uses.push(2);
+    }
+    let one_d = win.one_d;
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+        let b = (v.len() == 3).then(|| v.remove(2));
+        let w = reshape(v.remove(1), &w4);
+        let mut x = reshape(v.remove(0), &x4);
+        if let Some(p) = explicit {
+            x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
+        }
+        let y = B::conv2d(x, w, b, options.clone());
+        vec![if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y }]
+    })
+}
+
+fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (x, w) = (float_input(inputs, 0, node)?, float_input(inputs, 1, node)?);
+    let bias = opt_input(inputs, 2);
+    let (xs, ws) = (&x.ty.shape, &w.ty.shape);
+    if xs.len() != 4 || ws.len() != 4 {
+        bail!(UnsupportedAttribute, "only 2-D ConvTranspose is supported (input {xs:?}, weight {ws:?})");
+    }
+    if node.attr("output_shape").is_some() {
+        bail!(UnsupportedAttribute, "ConvTranspose output_shape");
+    }
+    let groups = node.int("group", 1)?.max(1) as usize;
+    if xs[1] != ws[0] {
+        bail!(ShapeMismatch, "ConvTranspose input channels {} != weight {:?}", xs[1], ws);
+    }
+    let win = window(node, &xs[2..], Some(ws[2..].to_vec()))?;
+    let op: Vec<usize> = node.ints("output_padding")?.map(|v| v.iter().map(|&x| x.max(0) as usize).collect()).unwrap_or(vec![0, 0]);
+    let full = |i: usize| win.stride[i] * (xs[2 + i] - 1) + op[i] + (ws[2 + i] - 1) * win.dilation[i] + 1;
+    let out_hw = [0, 1].map(|i| full(i) - win.pads[i].0 - win.pads[i].1);
+    let out = vec![xs[0], ws[1] * groups, out_hw[0], out_hw[1]];
+    let sym = win.symmetric();
+    // Asymmetric pads: run unpadded, then crop.
+    let options = ConvTransposeOptions::new(
+        win.stride,
+        if sym { [win.pads[0].0, win.pads[1].0] } else { [0, 0] },
+        [op[0], op[1]],
+        win.dilation,
+        groups,
+    );
+    let crop = (!sym).then(|| {
+        vec![
+            burn_backend::Slice::new(0, None, 1),
+            burn_backend::Slice::new(0, None, 1),
+            burn_backend::Slice::new(win.pads[0].0 as isize, Some((win.pads[0].0 + out_hw[0]) as isize), 1),
+            burn_backend::Slice::new(win.pads[1].0 as isize, Some((win.pads[1].0 + out_hw[1]) as isize), 1),
+        ]
+    });
+    let mut uses = vec![0, 1];
+    if bias.is_some() {
+        uses.push(2);
+    }
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+        let b = (v.len() == 3).then(|| v.remove(2));
+        let w = v.remove(1);
+        let y = B::conv_transpose2d(v.remove(0), w, b, options.clone());
+        vec![match &crop {
+            Some(c) => slice(y, c),
+            None => y,
+        }]
+    })
+}
+
+fn lower_pool(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let x = float_input(inputs, 0, node)?;
+    if node.outputs.len() > 1 && !node.outputs[1].is_empty() {
+        bail!(UnsupportedAttribute, "MaxPool Indices output");
+    }
+    let xs = &x.ty.shape;
+    if xs.len() < 3 {
+        bail!(ShapeMismatch, "{} input rank {} < 3", node.op, xs.len());
+    }
+    let win = window(node, &xs[2..], None)?;
+    let ceil = node.int("ceil_mode", 0)? != 0;
+    let x4 = if win.one_d { lift_dims(xs) } else { xs.clone() };
+    let oh = win.out_len(0, x4[2], ceil)?;
+    let ow = win.out_len(1, x4[3], ceil)?;
+    let out = if win.one_d { vec![xs[0], xs[1], ow] } else { vec![xs[0], xs[1], oh, ow] };
+    let max = node.op == "MaxPool";
+    let include_pad = node.int("count_include_pad", 0)? != 0;
+    if !max && !win.symmetric() && !include_pad {
+        bail!(UnsupportedAttribute, "AveragePool with asymmetric pads and count_include_pad=0");
+    }
+    let explicit = (!win.symmetric()).then_some(win.pads);
+    let pad = if explicit.is_some() { [0, 0] } else { [win.pads[0].0, win.pads[1].0] };
+    let (k, s, d) = (win.kernel, win.stride, win.dilation);
+    if !max && d != [1, 1] {
+        bail!(UnsupportedAttribute, "AveragePool with dilations {d:?}");
+    }
+    let out_dev = out.clone();
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |_, mut v| {
+        let mut t = reshape(v.remove(0), &x4);
+        if let Some(p) = explicit {
+            let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+            t = B::float_pad(t, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(fill));
+        }
+        let y = if max {
+            B::max_pool2d(t, k, s, pad, d, ceil)
+        } else {
+            B::avg_pool2d(t, k, s, pad, include_pad, ceil)
+        };
+        vec![reshape(y, &out_dev)]
+    })
+}
+
+fn lower_batchnorm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let x = float_input(inputs, 0, node)?;
+    let c = *x.ty.shape.get(1).ok_or_else(|| err!(ShapeMismatch, "BatchNormalization input rank < 2"))?;
+    let get = |i: usize, what: &str| -> Result<Vec<f32>> {
+        let v = const_floats(input(inputs, i, node)?, what)?;
+        if v.len() != c {
+            bail!(ShapeMismatch, "BatchNormalization {what} has {} values for {c} channels", v.len());
+        }
+        Ok(v)
+    };
+    let (scale, bias, mean, var) = (get(1, "scale")?, get(2, "bias")?, get(3, "mean")?, get(4, "var")?);
+    let eps = node.float("epsilon", 1e-5)?;
+    let (a, b) = batchnorm_affine(&scale, &bias, &mean, &var, eps);
+    let mut bshape = vec![c];
+    bshape.extend(std::iter::repeat_n(1, x.ty.rank().saturating_sub(2)));
+    let extra = vec![TensorData::new(a, bshape.clone()), TensorData::new(b, bshape)];
+    let rank = x.ty.rank();
+    kernel_with(vec![x.ty.clone()], vec![0], extra, move |_, mut v| {
+        let b = to_rank(v.remove(2), rank);
+        let a = to_rank(v.remove(1), rank);
+        vec![B::float_add(B::float_mul(v.remove(0), a), b)]
+    })
+}
+
+/// Inference BatchNorm as `x·a + b` per channel.
+pub(crate) fn batchnorm_affine(scale: &[f32], bias: &[f32], mean: &[f32], var: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = scale.iter().zip(var).map(|(s, v)| s / (v + eps).sqrt()).collect();
+    let b = bias.iter().zip(mean).zip(&a).map(|((b, m), a)| b - m * a).collect();
+    (a, b)
+}
+
+fn lower_layernorm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let x = float_input(inputs, 0, node)?;
+    let r = x.ty.rank();
+    let a = axis(node.int("axis", -1)?, r)?;
+    let eps = node.float("epsilon", 1e-5)? as f64;
+    let inner: usize = x.ty.shape[a..].iter().product();
+    let outer = x.ty.shape[..a].to_vec();
+    let has_bias = opt_input(inputs, 2).is_some();
+    let mut flat = outer.clone();
+    flat.push(inner);
+    let out = x.ty.shape.clone();
+    let dev = device_dims(&out);
+    let mut uses = vec![0, 1];
+    if has_bias {
+        uses.push(2);
+    }
+    if node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+        bail!(UnsupportedAttribute, "LayerNormalization Mean/InvStdDev outputs");
+    }
+    kernel(vec![x.ty.clone()], uses, move |_, mut v| {
+        let beta = (v.len() == 3).then(|| reshape(v.remove(2), &[inner]));
+        let gamma = reshape(v.remove(1), &[inner]);
+        let t = reshape(v.remove(0), &flat);
+        vec![reshape(B::layer_norm(t, gamma, beta, eps), &dev)]
+    })
+}
+
+fn lower_softmax(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {
+    let x = float_input(inputs, 0, node)?;
+    let r = x.ty.rank();
+    let log = node.op == "LogSoftmax";
+    let a = axis(node.int("axis", if opset < 13 { 1 } else { -1 })?, r)?;
+    let shape = x.ty.shape.clone();
+    // Before opset 13 the input is coerced to 2-D at `axis`; the same as a per-axis softmax only
+    // when `axis` is the last one.
+    let (flat, dim) = if opset < 13 && a != r - 1 {
+        (Some(vec![shape[..a].iter().product::<usize>(), shape[a..].iter().product()]), 1)
+    } else {
+        (None, a)
+    };
+    kernel(vec![x.ty.clone()], vec![0], move |_, mut v| {
+        let mut t = v.remove(0);
+        if let Some(f) = &flat {
+            t = reshape(t, f);
+        }
+        let y = if log { B::log_softmax(t, dim) } else { B::softmax(t, dim) };
+        vec![reshape(y, &shape)]
+    })
+}
+
+fn lower_gemm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (a, b) = (float_input(inputs, 0, node)?, float_input(inputs, 1, node)?);
+    let c = opt_input(inputs, 2);
+    let (ta, tb) = (node.int("transA", 0)? != 0, node.int("transB", 0)? != 0);
+    let (alpha, beta) = (node.float("alpha", 1.0)? as f64, node.float("beta", 1.0)? as f64);
+    if a.ty.rank() != 2 || b.ty.rank() != 2 {
+        bail!(ShapeMismatch, "Gemm takes 2-D inputs, got {:?} and {:?}", a.ty.shape, b.ty.shape);
+    }
+    let (m, k) = if ta { (a.ty.shape[1], a.ty.shape[0]) } else { (a.ty.shape[0], a.ty.shape[1]) };
+    let (k2, n) = if tb { (b.ty.shape[1], b.ty.shape[0]) } else { (b.ty.shape[0], b.ty.shape[1]) };
+    if k != k2 {
+        bail!(ShapeMismatch, "Gemm inner dimensions {k} and {k2} differ");
+    }
+    let out = vec![m, n];
+    if let Some(c) = c {
+        broadcast(&c.ty.shape, &out)?;
+    }
+    let mut uses = vec![0, 1];
+    if c.is_some() {
+        uses.push(2);
+    }
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+        let c = (v.len() == 3).then(|| v.remove(2));
+        let mut b = v.remove(1);
+        let mut a = v.remove(0);
+        if ta {
+            a = B::float_transpose(a);
+        }
+        if tb {
+            b = B::float_transpose(b);
+        }
+        let mut y = B::float_matmul(a, b);
+        if alpha != 1.0 {
+            y = B::float_mul_scalar(y, alpha.into());
+        }
+        if let Some(c) = c {
+            let c = to_rank(c, 2);
+            y = B::float_add(y, if beta != 1.0 { B::float_mul_scalar(c, beta.into()) } else { c });
+        }
+        vec![y]
+    })
+}
+
+fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (a, b) = (float_input(inputs, 0, node)?, float_input(inputs, 1, node)?);
+    let (sa, sb) = (a.ty.shape.clone(), b.ty.shape.clone());
+    if sa.is_empty() || sb.is_empty() {
+        bail!(ShapeMismatch, "MatMul of a scalar");
+    }
+    // 1-D operands get a unit dimension that is removed from the result.
+    let a2 = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+    let b2 = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k != k2 {
+        bail!(ShapeMismatch, "MatMul inner dimensions of {sa:?} and {sb:?} differ");
+    }
+    let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+    let mut out: Vec<usize> = batch.clone();
+    if sa.len() > 1 {
+        out.push(m);
+    }
+    if sb.len() > 1 {
+        out.push(n);
+    }
+    let dev = device_dims(&out);
+    if b2.len() == 2 && a2.len() >= 2 {
+        // Weights-style right operand: fold every leading dimension of `a` into rows.
+        let rows: usize = a2[..a2.len() - 1].iter().product();
+        return kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], move |_, mut v| {
+            let b = reshape(v.remove(1), &[k, n]);
+            let a = reshape(v.remove(0), &[rows, k]);
+            vec![reshape(B::float_matmul(a, b), &dev)]
+        });
+    }
+    let mut ea = batch.clone();
+    ea.extend([m, k]);
+    let mut eb = batch.clone();
+    eb.extend([k, n]);
+    let rank = ea.len();
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], move |_, mut v| {
+        let b = expand(to_rank(reshape(v.remove(1), &b2), rank), &eb);
+        let a = expand(to_rank(reshape(v.remove(0), &a2), rank), &ea);
+        vec![reshape(B::float_matmul(a, b), &dev)]
+    })
+}
+
+fn lower_resize(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {
+    let x = float_input(inputs, 0, node)?;
+    let xs = x.ty.shape.clone();
+    if xs.len() != 4 {
+        bail!(UnsupportedAttribute, "Resize of a rank-{} tensor (only NCHW)", xs.len());
+    }
+    let (scales_at, sizes_at) = if opset < 11 { (1, usize::MAX) } else { (2, 3) };
+    let sizes = opt_input(inputs, sizes_at).map(|s| const_ints(s, "Resize sizes")).transpose()?.filter(|s| !s.is_empty());
+    let scales = opt_input(inputs, scales_at).map(|s| const_floats(s, "Resize scales")).transpose()?.filter(|s| !s.is_empty());
+    if node.attr("axes").is_some() || node.int("antialias", 0)? != 0 {
+        bail!(UnsupportedAttribute, "Resize axes/antialias");
+    }
+    let out: Vec<usize> = match (&sizes, &scales) {
+        (Some(s), _) if s.len() == 4 => s.iter().map(|&v| v as usize).collect(),
+        (None, Some(s)) if s.len() == 4 => xs.iter().zip(s).map(|(&d, &f)| (d as f32 * f).floor() as usize).collect(),
+        _ => bail!(InvalidGraph, "Resize needs 4 scales or sizes"),
+    };
+    if out[0] != xs[0] || out[1] != xs[1] {
+        bail!(UnsupportedAttribute, "Resize over batch or channels ({xs:?} → {out:?})");
+    }
+    let mode = node.string("mode", "nearest")?;
+    let ctm = node.string("coordinate_transformation_mode", if opset < 11 { "asymmetric" } else { "half_pixel" })?;
+    let nearest_mode = node.string("nearest_mode", "round_prefer_floor")?;
+    let integer_up = out[2] % xs[2] == 0 && out[3] % xs[3] == 0;
+    let options = match mode.as_str() {
+        "nearest" => {
+            // Burn's nearest is floor(dst · in/out), i.e. ONNX asymmetric + floor; for integer
+            // up-sampling the half-pixel and round-prefer variants pick the same pixels.
+            let ok = match (ctm.as_str(), nearest_mode.as_str()) {
+                ("asymmetric", "floor") => true,
+                ("asymmetric", "round_prefer_floor") => integer_up,
+                ("half_pixel" | "pytorch_half_pixel", "round_prefer_floor" | "round_prefer_ceil") => integer_up,
+                _ => false,
+            };
+            if !ok {
+                bail!(UnsupportedAttribute, "Resize nearest with {ctm}/{nearest_mode} for {xs:?} → {out:?}");
+            }
+            InterpolateOptions::new(InterpolateMode::Nearest)
+        }
+        "linear" => {
+            let align = match ctm.as_str() {
+                "align_corners" => true,
+                "half_pixel" => false,
+                "pytorch_half_pixel" if out[2] > 1 && out[3] > 1 => false,
+                other => bail!(UnsupportedAttribute, "Resize linear with coordinate_transformation_mode '{other}'"),
+            };
+            let mut o = InterpolateOptions::new(InterpolateMode::Bilinear);
+            o.align_corners = align;
+            o
+        }
+        other => bail!(UnsupportedAttribute, "Resize mode '{other}'"),
+    };
+    let size = [out[2], out[3]];
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |_, mut v| {
+        vec![B::interpolate(v.remove(0), size, options.clone())]
+    })
+}

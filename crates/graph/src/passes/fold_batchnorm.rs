@@ -1,0 +1,90 @@
+//! Folds an inference `BatchNormalization` into the `Conv` that feeds it: the conv's weights are
+//! scaled per output channel and its bias shifted, so the normalisation costs nothing at run time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn_backend::TensorData;
+
+use crate::model::{Node, Subgraph};
+use crate::ops::batchnorm_affine;
+
+/// Returns how many BatchNormalization nodes were folded.
+pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
+    let mut consumers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.nodes {
+        for i in n.inputs.iter().filter(|i| !i.is_empty()) {
+            *consumers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let producer: HashMap<&str, usize> =
+        g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let init: HashMap<String, Arc<TensorData>> = g.initializers.iter().cloned().collect();
+    let floats = |name: &str| -> Option<Vec<f32>> { init.get(name)?.as_slice::<f32>().ok().map(<[f32]>::to_vec) };
+
+    let mut plans: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = vec![];
+    for (bi, bn) in g.nodes.iter().enumerate() {
+        if bn.op != "BatchNormalization" || bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            continue;
+        }
+        let Some(&ci) = producer.get(bn.inputs[0].as_str()) else { continue };
+        let conv = &g.nodes[ci];
+        if conv.op != "Conv"
+            || consumers.get(bn.inputs[0].as_str()) != Some(&1)
+            || protected.contains(&bn.inputs[0])
+            || !init.contains_key(conv.inputs.get(1).map(String::as_str).unwrap_or(""))
+        {
+            continue;
+        }
+        let (Some(s), Some(b), Some(m), Some(v)) = (
+            bn.input(1).and_then(floats),
+            bn.input(2).and_then(floats),
+            bn.input(3).and_then(floats),
+            bn.input(4).and_then(floats),
+        ) else {
+            continue;
+        };
+        let Ok(eps) = bn.float("epsilon", 1e-5) else { continue };
+        let (a, shift) = batchnorm_affine(&s, &b, &m, &v, eps);
+        plans.push((ci, bi, a, shift));
+    }
+
+    let mut new_inits: Vec<(String, Arc<TensorData>)> = vec![];
+    let mut dropped = vec![false; g.nodes.len()];
+    let mut folded = 0;
+    for (ci, bi, a, shift) in plans {
+        let conv = &g.nodes[ci];
+        let w = &init[&conv.inputs[1]];
+        let wshape = w.shape().to_vec();
+        let Ok(wv) = w.as_slice::<f32>() else { continue };
+        if wshape.first() != Some(&a.len()) {
+            continue;
+        }
+        let per = wv.len() / a.len();
+        let scaled: Vec<f32> = wv.iter().enumerate().map(|(i, x)| x * a[i / per]).collect();
+        let bias: Vec<f32> = match conv.input(2).and_then(floats) {
+            Some(b0) if b0.len() == a.len() => b0.iter().zip(&a).zip(&shift).map(|((b, a), s)| b * a + s).collect(),
+            Some(_) => continue,
+            None => shift,
+        };
+        let base = format!("{}::bn_folded", conv.name);
+        let (wn, bn_name) = (format!("{base}.weight"), format!("{base}.bias"));
+        new_inits.push((wn.clone(), Arc::new(TensorData::new(scaled, wshape))));
+        new_inits.push((bn_name.clone(), Arc::new(TensorData::new(bias.clone(), vec![bias.len()]))));
+        let out = g.nodes[bi].outputs[0].clone();
+        let conv: &mut Node = &mut g.nodes[ci];
+        conv.inputs.resize(3, String::new());
+        conv.inputs[1] = wn;
+        conv.inputs[2] = bn_name;
+        conv.outputs[0] = out;
+        dropped[bi] = true;
+        folded += 1;
+    }
+    let mut i = 0;
+    g.nodes.retain(|_| {
+        i += 1;
+        !dropped[i - 1]
+    });
+    g.initializers.extend(new_inits);
+    folded
+}

@@ -1,0 +1,10 @@
+//! Graph passes. Load-time passes need no shapes; `specialize` runs per input shape at compile.
+
+mod fold_batchnorm;
+mod prune;
+mod specialize;
+
+pub use fold_batchnorm::fold_batchnorm;
+pub use prune::prune_initializers;
+pub(crate) use specialize::run_guarded;
+pub use specialize::{Program, specialize};

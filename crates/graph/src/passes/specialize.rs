@@ -1,0 +1,228 @@
+//! Specialises a graph to concrete input shapes: every value gets a concrete shape, every node
+//! whose inputs are all constant is evaluated now (on the flex CPU device), `Shape` of anything is a
+//! constant, `If` with a constant condition is replaced by its branch, `Identity` becomes an alias,
+//! and nodes nothing needs are dropped. What remains is a list of device kernels with no shape
+//! logic left, which is what lets one forward run without reading back to the host.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use burn_backend::TensorData;
+
+use crate::error::{Error, Result, bail, err};
+use crate::model::{Attr, Node, OnnxModel, Subgraph};
+use crate::ops::{self, Input, Kernel, Lowering, TypeInfo};
+use crate::tensor::{Ctx, download, reshape_data};
+
+/// A kernel step of a specialised program.
+pub struct Step {
+    pub node: String,
+    pub op: String,
+    /// Value names the kernel takes, in order (graph inputs, constants or earlier outputs).
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub kernel: Kernel,
+}
+
+/// A graph specialised to one set of input shapes.
+pub struct Program {
+    pub inputs: Vec<(String, TypeInfo)>,
+    /// Graph output name, the value it is produced under (outputs may alias), and its type.
+    pub outputs: Vec<(String, String, TypeInfo)>,
+    pub steps: Vec<Step>,
+    /// Constants the steps or outputs use.
+    pub consts: HashMap<String, Arc<TensorData>>,
+    /// How many nodes were evaluated at compile time.
+    pub folded: usize,
+}
+
+#[derive(Clone)]
+struct Value {
+    ty: TypeInfo,
+    konst: Option<Arc<TensorData>>,
+    /// The name the value is produced under (differs from the key for aliases).
+    source: String,
+}
+
+struct Specializer<'a> {
+    opset: i64,
+    env: HashMap<String, Value>,
+    steps: Vec<Step>,
+    folded: usize,
+    fold_ctx: &'a Ctx,
+}
+
+pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &Ctx) -> Result<Program> {
+    let mut s = Specializer { opset: model.opset, env: HashMap::new(), steps: vec![], folded: 0, fold_ctx };
+    for (name, ty) in inputs {
+        s.env.insert(name.clone(), Value { ty: ty.clone(), konst: None, source: name.clone() });
+    }
+    s.run_graph(&model.graph)?;
+    let outputs = model
+        .graph
+        .outputs
+        .iter()
+        .map(|o| {
+            let v = s.value(&o.name)?;
+            Ok((o.name.clone(), v.source.clone(), v.ty.clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Keep only the steps the outputs need, and the constants those steps read.
+    let mut needed: HashSet<String> = model.graph.outputs.iter().map(|o| s.env[&o.name].source.clone()).collect();
+    let mut kept = vec![];
+    for step in s.steps.into_iter().rev() {
+        if step.outputs.iter().any(|o| needed.contains(o)) {
+            needed.extend(step.inputs.iter().cloned());
+            kept.push(step);
+        }
+    }
+    kept.reverse();
+    let mut consts = HashMap::new();
+    for (name, v) in &s.env {
+        if let Some(k) = &v.konst
+            && needed.contains(&v.source)
+            && name == &v.source
+        {
+            consts.insert(name.clone(), k.clone());
+        }
+    }
+    Ok(Program { inputs: inputs.to_vec(), outputs, steps: kept, consts, folded: s.folded })
+}
+
+impl Specializer<'_> {
+    fn value(&self, name: &str) -> Result<&Value> {
+        self.env.get(name).ok_or_else(|| err!(InvalidGraph, "value '{name}' is used before it is defined"))
+    }
+
+    fn run_graph(&mut self, g: &Subgraph) -> Result<()> {
+        for (name, t) in &g.initializers {
+            let ty = TypeInfo::new(crate::model::ElemType::of_dtype(t.dtype()), t.shape().to_vec());
+            self.env.insert(name.clone(), Value { ty, konst: Some(t.clone()), source: name.clone() });
+        }
+        for node in &g.nodes {
+            self.run_node(node).map_err(|e: Error| e.at_node(&node.name, &node.op))?;
+        }
+        Ok(())
+    }
+
+    fn run_node(&mut self, node: &Node) -> Result<()> {
+        if node.op == "If" {
+            return self.run_if(node);
+        }
+        let values: Vec<Option<Value>> = node
+            .inputs
+            .iter()
+            .map(|i| if i.is_empty() { Ok(None) } else { self.value(i).cloned().map(Some) })
+            .collect::<Result<_>>()?;
+        let inputs: Vec<Option<Input>> = values
+            .iter()
+            .map(|v| v.as_ref().map(|v| Input { ty: &v.ty, konst: v.konst.as_deref() }))
+            .collect();
+        match ops::lower(node, &inputs, self.opset)? {
+            Lowering::Alias(i) => {
+                let v = values.get(i).cloned().flatten().ok_or_else(|| err!(InvalidGraph, "alias of a missing input"))?;
+                self.define(&node.outputs[0], v);
+            }
+            Lowering::Consts(datas) => {
+                self.folded += 1;
+                for (out, d) in node.outputs.iter().zip(datas) {
+                    self.define_const(out, d);
+                }
+            }
+            Lowering::Kernel(l) => {
+                let all_const = l.uses.iter().all(|&i| values[i].as_ref().is_some_and(|v| v.konst.is_some()));
+                if all_const {
+                    // Evaluate now, on the CPU, with the very kernel the plan would run.
+                    let ctx = self.fold_ctx;
+                    let mut args: Vec<_> =
+                        l.uses.iter().map(|&i| ctx.upload(values[i].as_ref().unwrap().konst.as_ref().unwrap())).collect();
+                    args.extend(l.extra.iter().map(|e| ctx.upload(e)));
+                    let outs = run_guarded(|| (l.kernel)(ctx, args))?;
+                    self.folded += 1;
+                    for ((out, t), ty) in node.outputs.iter().zip(outs).zip(&l.outputs) {
+                        if out.is_empty() {
+                            continue;
+                        }
+                        let data = download(t)?;
+                        let data = if ty.shape.is_empty() { reshape_data(data, vec![]) } else { data };
+                        self.define_const(out, data);
+                    }
+                } else {
+                    let mut names: Vec<String> = l.uses.iter().map(|&i| values[i].as_ref().unwrap().source.clone()).collect();
+                    for (k, e) in l.extra.into_iter().enumerate() {
+                        let name = format!("{}::const{k}", node.name);
+                        self.define_const(&name, e);
+                        names.push(name);
+                    }
+                    for (out, ty) in node.outputs.iter().zip(&l.outputs) {
+                        if !out.is_empty() {
+                            self.env.insert(out.clone(), Value { ty: ty.clone(), konst: None, source: out.clone() });
+                        }
+                    }
+                    self.steps.push(Step {
+                        node: node.name.clone(),
+                        op: node.op.clone(),
+                        inputs: names,
+                        outputs: node.outputs.clone(),
+                        kernel: l.kernel,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_if(&mut self, node: &Node) -> Result<()> {
+        let cond = self.value(node.input(0).ok_or_else(|| err!(InvalidGraph, "If without condition"))?)?;
+        let Some(c) = &cond.konst else {
+            bail!(UnsupportedAttribute, "If condition depends on run-time values; Kiln needs it constant after shape specialisation");
+        };
+        let taken = c
+            .try_to_vec_as::<f32>()
+            .map_err(|e| err!(InvalidGraph, "If condition: {e:?}"))?
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+            != 0.0;
+        let branch = if taken { "then_branch" } else { "else_branch" };
+        let Some(Attr::Graph(g)) = node.attr(branch) else {
+            bail!(InvalidGraph, "If has no {branch}");
+        };
+        self.run_graph(g)?;
+        if g.outputs.len() != node.outputs.len() {
+            bail!(InvalidGraph, "{branch} has {} outputs, If has {}", g.outputs.len(), node.outputs.len());
+        }
+        for (out, bo) in node.outputs.iter().zip(&g.outputs) {
+            let v = self.value(&bo.name)?.clone();
+            self.define(out, v);
+        }
+        self.folded += 1;
+        Ok(())
+    }
+
+    fn define(&mut self, name: &str, v: Value) {
+        if !name.is_empty() {
+            self.env.insert(name.to_string(), v);
+        }
+    }
+
+    fn define_const(&mut self, name: &str, data: TensorData) {
+        if name.is_empty() {
+            return;
+        }
+        let ty = TypeInfo::new(crate::model::ElemType::of_dtype(data.dtype()), data.shape().to_vec());
+        self.env.insert(name.to_string(), Value { ty, konst: Some(Arc::new(data)), source: name.to_string() });
+    }
+}
+
+/// Runs backend code, turning a panic inside Burn into a typed error.
+pub(crate) fn run_guarded<R>(f: impl FnOnce() -> R) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        err!(Backend, "the backend failed: {msg}")
+    })
+}

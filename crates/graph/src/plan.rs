@@ -1,0 +1,196 @@
+//! An executable plan: a specialised program bound to a device, with constants uploaded once and
+//! every value in a numbered slot that is freed after its last use.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn_backend::TensorData;
+use burn_tensor::Device;
+
+use crate::device::{Backend, Mode};
+use crate::error::{Result, bail, err};
+use crate::model::ElemType;
+use crate::ops::{Kernel, TypeInfo};
+use crate::passes::{Program, run_guarded};
+use crate::tensor::{Ctx, T, download};
+
+/// Host reads Kiln itself makes (all go through [`crate::tensor::download`]).
+static HOST_READS: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn count_host_read() {
+    HOST_READS.fetch_add(1, Ordering::Relaxed);
+}
+
+struct PlanStep {
+    node: String,
+    op: String,
+    /// Input slots, with whether this step is the value's last use (then it is moved, not cloned).
+    args: Vec<(usize, bool)>,
+    outs: Vec<Option<usize>>,
+    kernel: Kernel,
+}
+
+/// Statistics of one forward.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Reads to the host between input upload and output download (0 = fullgraph).
+    pub host_reads: usize,
+    /// Kernel steps executed (before fusion).
+    pub steps: usize,
+}
+
+/// A compiled plan for one backend, mode and set of input shapes.
+pub struct Plan {
+    pub backend: Backend,
+    pub mode: Mode,
+    device: Device,
+    ctx: Ctx,
+    inputs: Vec<(String, TypeInfo, usize)>,
+    outputs: Vec<(String, TypeInfo, usize)>,
+    consts: Vec<(usize, T)>,
+    steps: Vec<PlanStep>,
+    slots: usize,
+    /// Nodes evaluated at compile time.
+    pub folded: usize,
+}
+
+impl Plan {
+    pub(crate) fn build(program: Program, backend: Backend, mode: Mode, device: Device) -> Result<Self> {
+        let ctx = Ctx::new(&device);
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut next = 0;
+        let mut slot = |name: &str, slot_of: &mut HashMap<String, usize>| {
+            *slot_of.entry(name.to_string()).or_insert_with(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        let inputs: Vec<_> =
+            program.inputs.iter().map(|(n, ty)| (n.clone(), ty.clone(), slot(n, &mut slot_of))).collect();
+        let mut consts = vec![];
+        for (name, data) in &program.consts {
+            let s = slot(name, &mut slot_of);
+            consts.push((s, run_guarded(|| ctx.upload(data))?));
+        }
+        let mut steps: Vec<PlanStep> = program
+            .steps
+            .into_iter()
+            .map(|s| {
+                let args = s.inputs.iter().map(|i| (slot(i, &mut slot_of), false)).collect();
+                let outs = s.outputs.iter().map(|o| (!o.is_empty()).then(|| slot(o, &mut slot_of))).collect();
+                PlanStep { node: s.node, op: s.op, args, outs, kernel: s.kernel }
+            })
+            .collect();
+        let outputs: Vec<_> = program
+            .outputs
+            .iter()
+            .map(|(n, source, ty)| {
+                let s = *slot_of.get(source).ok_or_else(|| err!(InvalidGraph, "output '{n}' is never produced"))?;
+                Ok((n.clone(), ty.clone(), s))
+            })
+            .collect::<Result<_>>()?;
+        // Last uses: a value read for the last time is moved into the kernel, which lets the
+        // backend reuse its buffer. Constants and outputs are never moved.
+        let pinned: std::collections::HashSet<usize> =
+            consts.iter().map(|(s, _)| *s).chain(outputs.iter().map(|o| o.2)).collect();
+        let mut seen = std::collections::HashSet::new();
+        for step in steps.iter_mut().rev() {
+            for (s, last) in step.args.iter_mut().rev() {
+                if !pinned.contains(s) && seen.insert(*s) {
+                    *last = true;
+                }
+            }
+        }
+        Ok(Self { backend, mode, device, ctx, inputs, outputs, consts, steps, slots: next, folded: program.folded })
+    }
+
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, &TypeInfo)> {
+        self.inputs.iter().map(|(n, t, _)| (n.as_str(), t))
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = (&str, &TypeInfo)> {
+        self.outputs.iter().map(|(n, t, _)| (n.as_str(), t))
+    }
+
+    /// Number of kernel steps (ops left after folding; fusion merges them further).
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the forward pass: host inputs in, host outputs out.
+    pub fn run(&self, inputs: &[TensorData]) -> Result<Vec<TensorData>> {
+        self.run_with_stats(inputs).map(|(o, _)| o)
+    }
+
+    /// Like [`Plan::run`], also reporting host reads made inside the forward.
+    pub fn run_with_stats(&self, inputs: &[TensorData]) -> Result<(Vec<TensorData>, RunStats)> {
+        let before = HOST_READS.load(Ordering::Relaxed);
+        let outs = self.forward(inputs)?;
+        let host_reads = HOST_READS.load(Ordering::Relaxed) - before;
+        let stats = RunStats { host_reads, steps: self.steps.len() };
+        let host = outs.into_iter().map(download).collect::<Result<Vec<_>>>()?;
+        Ok((host, stats))
+    }
+
+    /// Uploads the inputs and queues the forward; outputs stay on the device.
+    pub fn forward(&self, inputs: &[TensorData]) -> Result<Vec<T>> {
+        self.check_inputs(inputs)?;
+        let mut vals: Vec<Option<T>> = vec![None; self.slots];
+        for (s, t) in &self.consts {
+            vals[*s] = Some(t.clone());
+        }
+        for ((_, _, s), data) in self.inputs.iter().zip(inputs) {
+            vals[*s] = Some(run_guarded(|| self.ctx.upload(data))?);
+        }
+        for step in &self.steps {
+            let args = step
+                .args
+                .iter()
+                .map(|&(s, last)| {
+                    let v = if last { vals[s].take() } else { vals[s].clone() };
+                    v.ok_or_else(|| err!(InvalidGraph, "value consumed before use"))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| e.at_node(&step.node, &step.op))?;
+            let outs = run_guarded(|| (step.kernel)(&self.ctx, args)).map_err(|e| e.at_node(&step.node, &step.op))?;
+            for (o, t) in step.outs.iter().zip(outs) {
+                if let Some(o) = o {
+                    vals[*o] = Some(t);
+                }
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|(n, _, s)| vals[*s].clone().ok_or_else(|| err!(InvalidGraph, "output '{n}' was not computed")))
+            .collect()
+    }
+
+    fn check_inputs(&self, inputs: &[TensorData]) -> Result<()> {
+        if inputs.len() != self.inputs.len() {
+            bail!(InputMismatch, "expected {} inputs, got {}", self.inputs.len(), inputs.len());
+        }
+        for ((name, ty, _), data) in self.inputs.iter().zip(inputs) {
+            if data.shape().as_slice() != ty.shape.as_slice() {
+                bail!(InputMismatch, "input '{name}' has shape {:?}, the plan was compiled for {:?}", data.shape().as_slice(), ty.shape);
+            }
+            let elem = ElemType::of_dtype(data.dtype());
+            if elem.is_float() != ty.elem.is_float() || (elem == ElemType::Bool) != (ty.elem == ElemType::Bool) {
+                bail!(InputMismatch, "input '{name}' has element type {:?}, expected {:?}", data.dtype(), ty.elem);
+            }
+            if elem.is_float() {
+                let finite = match data.as_slice::<f32>() {
+                    Ok(v) => v.iter().all(|x| x.is_finite()),
+                    Err(_) => data.iter::<f64>().all(|x| x.is_finite()),
+                };
+                if !finite {
+                    bail!(NonFiniteInput, "input '{name}' contains NaN or infinity");
+                }
+            }
+        }
+        Ok(())
+    }
+}

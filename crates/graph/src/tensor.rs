@@ -1,0 +1,194 @@
+//! Rank-free tensors: Kiln works on Burn's dispatch primitives (`DispatchTensor`), which carry
+//! their shape and dtype at run time, so one executor serves every rank and every backend. The
+//! helpers here pick the float/int/bool variant of a Burn op from the tensor's dtype.
+
+use burn_backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
+use burn_backend::{BoolDType, DType, FloatDType, IntDType, Scalar, Shape, Slice, TensorData, TensorMetadata};
+use burn_dispatch::{Dispatch, DispatchDevice, DispatchTensor};
+
+use crate::error::{Result, err};
+
+pub type T = DispatchTensor;
+pub type B = Dispatch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Float,
+    Int,
+    Bool,
+}
+
+pub fn kind_of(dtype: DType) -> Kind {
+    if dtype.is_float() {
+        Kind::Float
+    } else if dtype.is_bool() {
+        Kind::Bool
+    } else {
+        Kind::Int
+    }
+}
+
+pub fn kind(t: &T) -> Kind {
+    kind_of(t.dtype())
+}
+
+pub fn shape(t: &T) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+/// The device a plan runs on, with the element types its tensors use there.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub device: DispatchDevice,
+    pub float: FloatDType,
+    pub int: IntDType,
+    pub bool: BoolDType,
+}
+
+impl Ctx {
+    pub fn new(device: &burn_tensor::Device) -> Self {
+        let settings = device.settings();
+        Self {
+            device: device.as_dispatch().clone(),
+            float: FloatDType::F32,
+            int: settings.int_dtype,
+            bool: settings.bool_dtype,
+        }
+    }
+
+    /// Host data to a device tensor: floats as f32, integers in the device's int type.
+    pub fn upload(&self, data: &TensorData) -> T {
+        let d = &self.device;
+        if data.shape().num_dims() == 0 {
+            return self.upload(&reshape_data(data.clone(), vec![1]));
+        }
+        match kind_of(data.dtype()) {
+            Kind::Float => B::float_from_data(data.clone().convert_dtype(DType::F32), d),
+            Kind::Int => B::int_from_data(data.clone().convert_dtype(self.int.into()), d),
+            Kind::Bool => B::bool_from_data(data.clone(), d),
+        }
+    }
+}
+
+/// The same values under another shape of equal size.
+pub fn reshape_data(d: TensorData, shape: Vec<usize>) -> TensorData {
+    let (bytes, _, dtype) = d.into_parts();
+    TensorData::from_bytes(bytes, shape, dtype)
+}
+
+/// Device tensor to host data (blocking). Integers come back as i64, floats as f32.
+pub fn download(t: T) -> Result<TensorData> {
+    crate::plan::count_host_read();
+    let data = match kind(&t) {
+        Kind::Float => burn_backend::try_read_sync(B::float_into_data(t)),
+        Kind::Int => burn_backend::try_read_sync(B::int_into_data(t)),
+        Kind::Bool => burn_backend::try_read_sync(B::bool_into_data(t)),
+    }
+    .ok_or_else(|| err!(Backend, "this platform cannot read tensors synchronously"))?
+    .map_err(|e| err!(Backend, "reading a tensor back failed: {e:?}"))?;
+    Ok(match kind_of(data.dtype()) {
+        Kind::Float if data.dtype() != DType::F32 => data.convert_dtype(DType::F32),
+        Kind::Int if data.dtype() != DType::I64 => data.convert_dtype(DType::I64),
+        _ => data,
+    })
+}
+
+/// Calls the float, int or bool form of an op by the dtype of the first tensor.
+macro_rules! by_kind {
+    ($t:expr, |$x:ident| $f:ident($($a:expr),*), $i:ident($($ia:expr),*), $b:ident($($ba:expr),*)) => {{
+        let $x = $t;
+        match $crate::tensor::kind(&$x) {
+            $crate::tensor::Kind::Float => <$crate::tensor::B as burn_backend::ops::FloatTensorOps<$crate::tensor::B>>::$f($($a),*),
+            $crate::tensor::Kind::Int => <$crate::tensor::B as burn_backend::ops::IntTensorOps<$crate::tensor::B>>::$i($($ia),*),
+            $crate::tensor::Kind::Bool => <$crate::tensor::B as burn_backend::ops::BoolTensorOps<$crate::tensor::B>>::$b($($ba),*),
+        }
+    }};
+}
+pub(crate) use by_kind;
+
+pub fn reshape(t: T, dims: &[usize]) -> T {
+    if shape(&t) == dims {
+        return t;
+    }
+    let s = Shape::from(dims.to_vec());
+    by_kind!(t, |x| float_reshape(x, s.clone()), int_reshape(x, s.clone()), bool_reshape(x, s))
+}
+
+pub fn permute(t: T, axes: &[usize]) -> T {
+    if axes.iter().enumerate().all(|(i, &a)| i == a) {
+        return t;
+    }
+    by_kind!(t, |x| float_permute(x, axes), int_permute(x, axes), bool_permute(x, axes))
+}
+
+pub fn expand(t: T, dims: &[usize]) -> T {
+    if shape(&t) == dims {
+        return t;
+    }
+    let s = Shape::from(dims.to_vec());
+    by_kind!(t, |x| float_expand(x, s.clone()), int_expand(x, s.clone()), bool_expand(x, s))
+}
+
+pub fn slice(t: T, slices: &[Slice]) -> T {
+    by_kind!(t, |x| float_slice(x, slices), int_slice(x, slices), bool_slice(x, slices))
+}
+
+pub fn cat(ts: Vec<T>, dim: usize) -> T {
+    if ts.len() == 1 {
+        return ts.into_iter().next().unwrap();
+    }
+    match kind(&ts[0]) {
+        Kind::Float => B::float_cat(ts, dim),
+        Kind::Int => B::int_cat(ts, dim),
+        Kind::Bool => B::bool_cat(ts, dim),
+    }
+}
+
+pub fn select(t: T, dim: usize, indices: T) -> T {
+    by_kind!(t, |x| float_select(x, dim, indices), int_select(x, dim, indices), bool_select(x, dim, indices))
+}
+
+pub fn gather(dim: usize, t: T, indices: T) -> T {
+    by_kind!(t, |x| float_gather(dim, x, indices), int_gather(dim, x, indices), bool_gather(dim, x, indices))
+}
+
+pub fn flip(t: T, axes: &[usize]) -> T {
+    by_kind!(t, |x| float_flip(x, axes), int_flip(x, axes), bool_flip(x, axes))
+}
+
+/// `mask ? value : t`
+pub fn mask_where(t: T, mask: T, value: T) -> T {
+    by_kind!(t, |x| float_mask_where(x, mask, value), int_mask_where(x, mask, value), bool_mask_where(x, mask, value))
+}
+
+/// Converts `t` to the element kind `to` in the context's dtypes.
+pub fn cast(ctx: &Ctx, t: T, to: Kind) -> T {
+    match (kind(&t), to) {
+        (a, b) if a == b => t,
+        (Kind::Float, Kind::Int) => B::float_into_int(t, ctx.int),
+        (Kind::Float, Kind::Bool) => B::float_not_equal_elem(t, Scalar::from(0f32), ctx.bool),
+        (Kind::Int, Kind::Float) => B::int_into_float(t, ctx.float),
+        (Kind::Int, Kind::Bool) => B::int_not_equal_elem(t, Scalar::from(0i64), ctx.bool),
+        (Kind::Bool, Kind::Float) => B::bool_into_float(t, ctx.float),
+        (Kind::Bool, Kind::Int) => B::bool_into_int(t, ctx.int),
+        _ => unreachable!(),
+    }
+}
+
+/// Prepends unit dimensions so `t` has rank `rank` (ONNX multidirectional broadcasting).
+pub fn to_rank(t: T, rank: usize) -> T {
+    let s = shape(&t);
+    if s.len() >= rank {
+        return t;
+    }
+    let mut dims = vec![1; rank - s.len()];
+    dims.extend(s);
+    reshape(t, &dims)
+}
+
+/// Full-range slice on every axis but `axis`.
+pub fn axis_slice(rank: usize, axis: usize, start: usize, end: usize) -> Vec<Slice> {
+    (0..rank)
+        .map(|d| if d == axis { Slice::new(start as isize, Some(end as isize), 1) } else { Slice::new(0, None, 1) })
+        .collect()
+}

@@ -1,1 +1,243 @@
-fn main() {}
+//! `cargo xtask`: fixtures, the compatibility matrix, and the test command.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_fixtures::{CI_SET, Manifest, Row, check_case, fixtures_dir, load_model};
+use kiln_graph::{Backend, Mode};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Set {
+    Ci,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make the Python venv and export the fixture models with ONNX Runtime references.
+    Fixtures {
+        #[arg(long, value_enum, default_value = "ci")]
+        set: Set,
+        /// Comma-separated model names (default: the whole set).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// Run models on Kiln's backends and compare with ONNX Runtime.
+    Compat {
+        #[arg(long, value_enum, default_value = "ci")]
+        set: Set,
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "flex,wgpu")]
+        backends: Vec<String>,
+        /// Modes for fusing backends (each runs in its own process).
+        #[arg(long, value_delimiter = ',', default_value = "fused")]
+        modes: Vec<String>,
+        /// Also run full-size cases on GPU backends (by default they get the small cases only).
+        #[arg(long)]
+        all_cases: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One backend and mode of `compat`, in this process.
+    #[command(hide = true)]
+    CompatWorker {
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        all_cases: bool,
+        #[arg(long)]
+        json: PathBuf,
+    },
+    /// The test command: CI fixtures, then every workspace test.
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Fixtures { set, models } => fixtures(set, &models),
+        Task::Compat { set, models, backends, modes, all_cases, json } => {
+            compat(set, &models, &backends, &modes, all_cases, json.as_deref())
+        }
+        Task::CompatWorker { models, backend, mode, all_cases, json } => {
+            compat_worker(&models, backend.parse()?, mode.parse()?, all_cases, &json)
+        }
+        Task::Test => test(),
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The fixture venv, (re)installed when `tests/fixtures/requirements.txt` changes.
+fn venv() -> Result<PathBuf> {
+    let venv = kiln_fixtures::cache_dir().join("venv");
+    let python = venv.join("bin/python");
+    let req = repo_root().join("tests/fixtures/requirements.txt");
+    let stamp = venv.join(".kiln-requirements.txt");
+    let wanted = std::fs::read_to_string(&req).with_context(|| format!("reading {}", req.display()))?;
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "-r"]).arg(&req))?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    Ok(python)
+}
+
+fn fixtures(set: Set, models: &[String]) -> Result<()> {
+    let python = venv()?;
+    let mut cmd = Command::new(python);
+    cmd.arg(repo_root().join("tests/fixtures/make_fixtures.py"))
+        .arg("--out")
+        .arg(fixtures_dir())
+        .args(["--set", if set == Set::Ci { "ci" } else { "all" }]);
+    if !models.is_empty() {
+        cmd.arg("--models").arg(models.join(","));
+    }
+    run(&mut cmd)
+}
+
+fn selected(set: Set, models: &[String], manifest: &Manifest) -> Vec<String> {
+    if !models.is_empty() {
+        return models.to_vec();
+    }
+    match set {
+        Set::Ci => CI_SET.iter().map(|s| s.to_string()).collect(),
+        Set::All => manifest.models.iter().map(|m| m.name.clone()).collect(),
+    }
+}
+
+fn compat(set: Set, models: &[String], backends: &[String], modes: &[String], all_cases: bool, json: Option<&Path>) -> Result<()> {
+    let manifest = Manifest::load(&fixtures_dir())?;
+    let names = selected(set, models, &manifest);
+    let exe = std::env::current_exe()?;
+    let tmp = std::env::temp_dir().join(format!("kiln-compat-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut rows: Vec<Row> = vec![];
+    for backend in backends {
+        let b: Backend = backend.parse()?;
+        let modes: Vec<&str> = if b.fuses() { modes.iter().map(String::as_str).collect() } else { vec!["eager"] };
+        for mode in modes {
+            // Fused and eager cannot share a process: one worker per backend and mode.
+            let out = tmp.join(format!("{backend}-{mode}.json"));
+            let mut cmd = Command::new(&exe);
+            cmd.args(["compat-worker", "--backend", backend, "--mode", mode, "--json"]).arg(&out);
+            cmd.arg("--models").arg(names.join(","));
+            if all_cases {
+                cmd.arg("--all-cases");
+            }
+            let status = cmd.status()?;
+            match std::fs::read_to_string(&out) {
+                Ok(text) => rows.extend(serde_json::from_str::<Vec<Row>>(&text)?),
+                Err(_) => bail!("the {backend}/{mode} worker wrote no results ({status})"),
+            }
+        }
+    }
+    print_table(&rows);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let bad = rows.iter().filter(|r| r.status != "pass").count();
+    if bad > 0 {
+        bail!("{bad} of {} rows did not pass", rows.len());
+    }
+    Ok(())
+}
+
+fn compat_worker(models: &[String], backend: Backend, mode: Mode, all_cases: bool, json: &Path) -> Result<()> {
+    let manifest = Manifest::load(&fixtures_dir())?;
+    let mut rows = vec![];
+    for name in models {
+        let entry = manifest.model(name)?;
+        let loaded = match load_model(&manifest, entry) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                rows.push(Row::load_error(name, backend, mode, e.to_string()));
+                continue;
+            }
+        };
+        for case in &entry.cases {
+            // Full-size cases on software Vulkan would take many minutes each.
+            if backend.fuses() && !case.small && !all_cases {
+                continue;
+            }
+            let row = check_case(&manifest, &loaded, entry, case, backend, mode);
+            eprintln!(
+                "{:<38} {:<14} {:<5} {:<6} {:<5} diff {:.2e} (ref {:.2e}) kernels {:?} {}",
+                row.model,
+                row.case,
+                row.backend,
+                row.mode,
+                row.status,
+                row.max_abs_diff.unwrap_or(f64::NAN),
+                row.ref_absmax.unwrap_or(f64::NAN),
+                row.kernels,
+                row.error.as_deref().unwrap_or("")
+            );
+            rows.push(row);
+        }
+    }
+    std::fs::write(json, serde_json::to_string(&rows)?)?;
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<38} {:<14} {:<6} {:<6} {:<6} {:>10} {:>10} {:>9} {:>8} {:>9} {:>9}",
+        "model", "case", "backend", "mode", "status", "max diff", "ref max", "fullgraph", "kernels", "load ms", "fwd ms"
+    );
+    for r in rows {
+        let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$e}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<38} {:<14} {:<6} {:<6} {:<6} {:>10} {:>10} {:>9} {:>8} {:>9} {:>9}",
+            r.model,
+            r.case,
+            r.backend,
+            r.mode,
+            r.status,
+            f(r.max_abs_diff, 2),
+            f(r.ref_absmax, 2),
+            r.fullgraph.map(|b| b.to_string()).unwrap_or("-".into()),
+            r.kernels.map(|k| k.to_string()).unwrap_or("-".into()),
+            r.load_ms.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+            r.forward_ms.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+        );
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    fixtures(Set::Ci, &[])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(repo_root()).args(["test", "--release", "--workspace"]))
+}

@@ -2,7 +2,7 @@
 //! every value in a numbered slot that is freed after its last use.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use burn_backend::TensorData;
 use burn_tensor::Device;
@@ -14,11 +14,14 @@ use crate::ops::{Kernel, TypeInfo};
 use crate::passes::{Program, run_guarded};
 use crate::tensor::{Ctx, T, download};
 
-/// Host reads Kiln itself makes (all go through [`crate::tensor::download`]).
-static HOST_READS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Host reads Kiln makes on this thread (all go through [`crate::tensor::download`]); a
+    /// forward runs on its caller's thread, so the difference around it is that forward's.
+    static HOST_READS: Cell<usize> = const { Cell::new(0) };
+}
 
 pub(crate) fn count_host_read() {
-    HOST_READS.fetch_add(1, Ordering::Relaxed);
+    HOST_READS.with(|c| c.set(c.get() + 1));
 }
 
 struct PlanStep {
@@ -128,9 +131,9 @@ impl Plan {
 
     /// Like [`Plan::run`], also reporting host reads made inside the forward.
     pub fn run_with_stats(&self, inputs: &[TensorData]) -> Result<(Vec<TensorData>, RunStats)> {
-        let before = HOST_READS.load(Ordering::Relaxed);
+        let before = HOST_READS.with(Cell::get);
         let outs = self.forward(inputs)?;
-        let host_reads = HOST_READS.load(Ordering::Relaxed) - before;
+        let host_reads = HOST_READS.with(Cell::get) - before;
         let stats = RunStats { host_reads, steps: self.steps.len() };
         let host = outs.into_iter().map(download).collect::<Result<Vec<_>>>()?;
         Ok((host, stats))

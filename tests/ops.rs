@@ -1,0 +1,119 @@
+//! Op and pass semantics on small hand-checked graphs (flex backend).
+
+mod common;
+
+use common::{A, FLOAT, OnnxBuilder};
+use kiln_graph::{Backend, Graph, Mode, TensorData};
+
+fn run(b: OnnxBuilder, input: TensorData) -> (Vec<TensorData>, Graph, usize) {
+    let g = Graph::from_bytes(b.bytes(), "test.onnx").unwrap();
+    let plan = g.compile(Backend::Flex, Mode::Fused, &[input.shape().to_vec()]).unwrap();
+    let (out, stats) = plan.run_with_stats(&[input]).unwrap();
+    assert_eq!(stats.host_reads, 0, "a forward must not read back to the host");
+    let steps = plan.num_steps();
+    (out, g, steps)
+}
+
+fn floats(d: &TensorData) -> Vec<f32> {
+    d.try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn batchnorm_folds_into_conv() {
+    // y = ((2x + 1) − mean) / sqrt(var) · scale + shift = ((2x+1) − 1)/2·3 + 0.5 = 3x + 0.5
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 1, 2, 2])
+        .init_f32("w", &[1, 1, 1, 1], &[2.0])
+        .init_f32("b", &[1], &[1.0])
+        .init_f32("scale", &[1], &[3.0])
+        .init_f32("shift", &[1], &[0.5])
+        .init_f32("mean", &[1], &[1.0])
+        .init_f32("var", &[1], &[4.0])
+        .node("Conv", &["x", "w", "b"], &["c"], &[("kernel_shape", A::Ints(vec![1, 1]))])
+        .node("BatchNormalization", &["c", "scale", "shift", "mean", "var"], &["y"], &[("epsilon", A::Float(0.0))])
+        .output("y", FLOAT, &[1, 1, 2, 2]);
+    let (out, g, steps) = run(b, TensorData::new(vec![0.0f32, 1.0, -1.0, 2.0], vec![1, 1, 2, 2]));
+    assert_eq!(g.load_stats().batchnorms_folded, 1);
+    assert_eq!(steps, 1, "only the conv should remain");
+    assert_eq!(floats(&out[0]), vec![0.5, 3.5, -2.5, 6.5]);
+}
+
+#[test]
+fn shape_subgraph_folds_to_a_reshape() {
+    // y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])): batch-preserving flatten.
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[-1, 2, 3])
+        .init_i64("zero", &[], &[0])
+        .init_i64("axes", &[1], &[0])
+        .init_i64("minus1", &[1], &[-1])
+        .node("Shape", &["x"], &["s"], &[])
+        .node("Gather", &["s", "zero"], &["n"], &[])
+        .node("Unsqueeze", &["n", "axes"], &["n1"], &[])
+        .node("Concat", &["n1", "minus1"], &["shape"], &[("axis", A::Int(0))])
+        .node("Reshape", &["x", "shape"], &["y"], &[])
+        .output("y", FLOAT, &[-1, 6]);
+    let x = TensorData::new((0..12).map(|v| v as f32).collect::<Vec<_>>(), vec![2, 2, 3]);
+    let (out, _, steps) = run(b, x);
+    assert_eq!(steps, 1);
+    assert_eq!(out[0].shape().as_slice(), &[2, 6]);
+    assert_eq!(floats(&out[0]), (0..12).map(|v| v as f32).collect::<Vec<_>>());
+}
+
+#[test]
+fn slice_with_negative_step_reverses() {
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 5])
+        .init_i64("starts", &[1], &[-1])
+        .init_i64("ends", &[1], &[i64::MIN])
+        .init_i64("axes", &[1], &[1])
+        .init_i64("steps", &[1], &[-2])
+        .node("Slice", &["x", "starts", "ends", "axes", "steps"], &["y"], &[])
+        .output("y", FLOAT, &[1, 3]);
+    let (out, _, _) = run(b, TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0, 4.0], vec![1, 5]));
+    assert_eq!(floats(&out[0]), vec![4.0, 2.0, 0.0]);
+}
+
+#[test]
+fn gemm_and_matmul_broadcast() {
+    // Gemm with transB: y = x·wᵀ + b; then a batched MatMul against a 2-D weight.
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[2, 3])
+        .init_f32("w", &[2, 3], &[1., 0., 0., 0., 1., 1.])
+        .init_f32("b", &[2], &[10., 20.])
+        .init_f32("m", &[2, 1], &[1., -1.])
+        .node("Gemm", &["x", "w", "b"], &["g"], &[("transB", A::Int(1))])
+        .node("MatMul", &["g", "m"], &["y"], &[])
+        .output("y", FLOAT, &[2, 1]);
+    let (out, _, _) = run(b, TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], vec![2, 3]));
+    // rows: [1+10, 5+20] → 11−25 = −14 ; [4+10, 11+20] → 14−31 = −17
+    assert_eq!(floats(&out[0]), vec![-14.0, -17.0]);
+}
+
+#[test]
+fn softmax_and_reduce_mean() {
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[2, 2])
+        .node("Softmax", &["x"], &["s"], &[("axis", A::Int(-1))])
+        .node("ReduceMean", &["s"], &["y"], &[("axes", A::Ints(vec![1])), ("keepdims", A::Int(0))])
+        .output("y", FLOAT, &[2]);
+    let (out, _, _) = run(b, TensorData::new(vec![0.0f32, 0.0, 1.0, 3.0], vec![2, 2]));
+    let y = floats(&out[0]);
+    assert_eq!(y.len(), 2);
+    assert!((y[0] - 0.5).abs() < 1e-6 && (y[1] - 0.5).abs() < 1e-6, "{y:?}");
+}
+
+#[test]
+fn max_pool_with_asymmetric_padding() {
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 1, 1, 4])
+        .node(
+            "MaxPool",
+            &["x"],
+            &["y"],
+            &[("kernel_shape", A::Ints(vec![1, 2])), ("strides", A::Ints(vec![1, 2])), ("pads", A::Ints(vec![0, 1, 0, 0]))],
+        )
+        .output("y", FLOAT, &[1, 1, 1, 2]);
+    let (out, _, _) = run(b, TensorData::new(vec![-1.0f32, -2.0, -3.0, -4.0], vec![1, 1, 1, 4]));
+    // windows over [pad, -1, -2, -3, -4]: (pad,-1) → -1, (-2,-3) → -2
+    assert_eq!(floats(&out[0]), vec![-1.0, -2.0]);
+}

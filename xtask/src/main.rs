@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_fixtures::{CI_SET, Manifest, Row, check_case, fixtures_dir, load_model};
+use kiln_fixtures::{Manifest, Row, check_case, fixtures_dir, load_model};
 use kiln_graph::{Backend, Mode};
 
 #[derive(Parser)]
@@ -62,6 +62,9 @@ enum Task {
         #[arg(long)]
         json: PathBuf,
     },
+    /// Load one model and print this process's peak memory (for `compat`'s load_peak_mb).
+    #[command(hide = true)]
+    LoadProbe { model: PathBuf },
     /// The test command: CI fixtures, then every workspace test.
     Test,
 }
@@ -74,6 +77,11 @@ fn main() -> Result<()> {
         }
         Task::CompatWorker { models, backend, mode, all_cases, json } => {
             compat_worker(&models, backend.parse()?, mode.parse()?, all_cases, &json)
+        }
+        Task::LoadProbe { model } => {
+            kiln_graph::Graph::load(&model)?;
+            println!("{}", kiln_fixtures::peak_rss_mb().context("no VmHWM on this system")?);
+            Ok(())
         }
         Task::Test => test(),
     }
@@ -127,10 +135,8 @@ fn selected(set: Set, models: &[String], manifest: &Manifest) -> Vec<String> {
     if !models.is_empty() {
         return models.to_vec();
     }
-    match set {
-        Set::Ci => CI_SET.iter().map(|s| s.to_string()).collect(),
-        Set::All => manifest.models.iter().map(|m| m.name.clone()).collect(),
-    }
+    let set = if set == Set::Ci { "ci" } else { "all" };
+    manifest.set(set).iter().map(|m| m.name.clone()).collect()
 }
 
 fn compat(set: Set, models: &[String], backends: &[String], modes: &[String], all_cases: bool, json: Option<&Path>) -> Result<()> {
@@ -184,12 +190,14 @@ fn compat_worker(models: &[String], backend: Backend, mode: Mode, all_cases: boo
                 continue;
             }
         };
+        let peak = load_peak_mb(&manifest.path(&entry.onnx));
         for case in &entry.cases {
             // Full-size cases on software Vulkan would take many minutes each.
             if backend.fuses() && !case.small && !all_cases {
                 continue;
             }
-            let row = check_case(&manifest, &loaded, entry, case, backend, mode);
+            let mut row = check_case(&manifest, &loaded, entry, case, backend, mode);
+            row.load_peak_mb = peak;
             eprintln!(
                 "{:<38} {:<14} {:<5} {:<6} {:<5} diff {:.2e} (ref {:.2e}) kernels {:?} {}",
                 row.model,
@@ -207,6 +215,12 @@ fn compat_worker(models: &[String], backend: Backend, mode: Mode, all_cases: boo
     }
     std::fs::write(json, serde_json::to_string(&rows)?)?;
     Ok(())
+}
+
+/// Peak memory of loading `model`, measured in a fresh process so nothing else is counted.
+fn load_peak_mb(model: &Path) -> Option<f64> {
+    let out = Command::new(std::env::current_exe().ok()?).arg("load-probe").arg(model).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn print_table(rows: &[Row]) {

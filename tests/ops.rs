@@ -53,9 +53,12 @@ fn shape_subgraph_folds_to_a_reshape() {
         .node("Reshape", &["x", "shape"], &["y"], &[])
         .output("y", FLOAT, &[-1, 6]);
     let x = TensorData::new((0..12).map(|v| v as f32).collect::<Vec<_>>(), vec![2, 2, 3]);
-    let (out, _, steps) = run(b, x);
+    let (out, g, steps) = run(b, x);
     assert_eq!(steps, 1);
     assert_eq!(out[0].shape().as_slice(), &[2, 6]);
+    let report = g.check_fullgraph(&[vec![2, 2, 3]]).unwrap();
+    assert!(report.fullgraph, "{:?}", report.graph_break);
+    assert!(report.recorded_ops >= 1);
     assert_eq!(floats(&out[0]), (0..12).map(|v| v as f32).collect::<Vec<_>>());
 }
 

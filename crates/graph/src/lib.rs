@@ -35,6 +35,7 @@ pub use model::{Dim, ElemType, OnnxModel, ValueInfo};
 pub use ops::{TypeInfo, is_supported, supported_ops};
 pub use plan::{Plan, RunStats};
 
+
 use error::err;
 
 /// What loading measured.
@@ -118,7 +119,32 @@ impl Graph {
         Ok(plan)
     }
 
-    fn build_plan(&self, backend: Backend, mode: Mode, shapes: &[Vec<usize>]) -> Result<Plan> {
+    /// Checks that one forward at these shapes records as a single graph on Burn's capture device,
+    /// which executes nothing: any read of a computed value — by Kiln or inside a Burn op — fails
+    /// there. This is the fullgraph check independent of Kiln's own read counter.
+    pub fn check_fullgraph(&self, input_shapes: &[Vec<usize>]) -> Result<FullgraphReport> {
+        let inputs = self.input_types(input_shapes).map_err(|e| e.in_model(&self.model.source))?;
+        let fold_ctx = tensor::Ctx::new(&burn_tensor::Device::flex());
+        let program = passes::specialize(&self.model, &inputs, &fold_ctx).map_err(|e| e.in_model(&self.model.source))?;
+        let data: Vec<TensorData> = inputs.iter().map(|(_, ty)| zeros(ty)).collect();
+        let device = burn_tensor::Device::capture();
+        let mut result: Result<()> = Ok(());
+        let captured = device
+            .capture_scope(|scope| {
+                // The plan is built inside the scope: constants must be created on the capture
+                // device while it records.
+                result = Plan::build(program, Backend::Flex, Mode::Eager, device.clone())
+                    .and_then(|plan| plan.forward(&data).map(drop));
+                scope.complete([], [])
+            })
+            .map_err(|e| err!(Backend, "capture failed: {e:?}").in_model(&self.model.source))?;
+        Ok(match result {
+            Ok(()) => FullgraphReport { fullgraph: true, recorded_ops: captured.graph.operations.len(), graph_break: None },
+            Err(e) => FullgraphReport { fullgraph: false, recorded_ops: captured.graph.operations.len(), graph_break: Some(e) },
+        })
+    }
+
+    fn input_types(&self, shapes: &[Vec<usize>]) -> Result<Vec<(String, TypeInfo)>> {
         let declared = self.inputs();
         if shapes.len() != declared.len() {
             return Err(err!(InputMismatch, "the model takes {} inputs, got {} shapes", declared.len(), shapes.len()));
@@ -140,6 +166,11 @@ impl Graph {
             // Fixed export-time sizes are not enforced: specialisation checks what the graph needs.
             inputs.push((info.name.clone(), TypeInfo::new(info.elem, shape.clone())));
         }
+        Ok(inputs)
+    }
+
+    fn build_plan(&self, backend: Backend, mode: Mode, shapes: &[Vec<usize>]) -> Result<Plan> {
+        let inputs = self.input_types(shapes)?;
         let device = device::open(backend, mode)?;
         let fold_ctx = tensor::Ctx::new(&burn_tensor::Device::flex());
         let program = passes::specialize(&self.model, &inputs, &fold_ctx)?;
@@ -149,6 +180,26 @@ impl Graph {
     /// Op type → node count, nested branches included.
     pub fn op_histogram(&self) -> BTreeMap<String, usize> {
         op_histogram(&self.model)
+    }
+}
+
+/// Outcome of [`Graph::check_fullgraph`].
+#[derive(Debug)]
+pub struct FullgraphReport {
+    pub fullgraph: bool,
+    /// Operations the capture device recorded for one forward (uploads included).
+    pub recorded_ops: usize,
+    /// Where the forward could not be recorded (a host read), if it could not.
+    pub graph_break: Option<Error>,
+}
+
+/// Zeros of a value's type, as a stand-in input.
+fn zeros(ty: &TypeInfo) -> TensorData {
+    let n = ty.numel();
+    match ty.elem {
+        e if e.is_float() => TensorData::new(vec![0f32; n], ty.shape.clone()),
+        ElemType::Bool => TensorData::new(vec![false; n], ty.shape.clone()),
+        _ => TensorData::new(vec![0i64; n], ty.shape.clone()),
     }
 }
 

@@ -120,3 +120,15 @@ fn max_pool_with_asymmetric_padding() {
     // windows over [pad, -1, -2, -3, -4]: (pad,-1) → -1, (-2,-3) → -2
     assert_eq!(floats(&out[0]), vec![-1.0, -2.0]);
 }
+
+#[test]
+fn scatter_nd_writes_rows() {
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[3, 2])
+        .init_i64("idx", &[2, 1], &[2, -3])
+        .init_f32("upd", &[2, 2], &[7., 8., 9., 10.])
+        .node("ScatterND", &["x", "idx", "upd"], &["y"], &[])
+        .output("y", FLOAT, &[3, 2]);
+    let (out, _, _) = run(b, TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], vec![3, 2]));
+    assert_eq!(floats(&out[0]), vec![9., 10., 3., 4., 7., 8.]);
+}

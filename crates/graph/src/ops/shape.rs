@@ -15,7 +15,7 @@ use crate::tensor::{B, Kind, T, by_kind, cat, expand, flip, gather, kind, reshap
 pub const OPS: &[&str] = &[
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape", "Flatten", "Transpose", "Squeeze",
     "Unsqueeze", "Concat", "Slice", "Gather", "GatherElements", "Split", "Expand", "Tile", "Pad", "Trilu",
-    "CumSum",
+    "CumSum", "ScatterND",
 ];
 
 pub fn handles(op: &str) -> bool {
@@ -172,6 +172,7 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
             })
         }
         "Pad" => lower_pad(node, inputs, opset),
+        "ScatterND" => lower_scatter_nd(node, inputs),
         "Trilu" => lower_trilu(node, inputs),
         "CumSum" => {
             let x = input(inputs, 0, node)?;
@@ -525,6 +526,57 @@ fn lower_pad(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
     }
     kernel(vec![TypeInfo::new(x.ty.elem, out)], vec![0], move |_, mut v| {
         vec![B::float_pad(v.remove(0), &padding, mode)]
+    })
+}
+
+/// ScatterND with constant indices (the decoders' "write step i" pattern): a constant map from each
+/// output position to the update it takes, so the kernel is a gather and a select, both fusable.
+fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (x, idx, upd) = (input(inputs, 0, node)?, input(inputs, 1, node)?, input(inputs, 2, node)?);
+    if node.string("reduction", "none")? != "none" {
+        bail!(UnsupportedAttribute, "ScatterND reduction other than none");
+    }
+    let indices = const_ints(idx, "ScatterND indices")?;
+    let ishape = &idx.ty.shape;
+    let k = *ishape.last().ok_or_else(|| err!(ShapeMismatch, "ScatterND indices must have rank >= 1"))?;
+    let dims = &x.ty.shape;
+    if k > dims.len() {
+        bail!(ShapeMismatch, "ScatterND index depth {k} exceeds data rank {}", dims.len());
+    }
+    let mut want: Vec<usize> = ishape[..ishape.len() - 1].to_vec();
+    want.extend(&dims[k..]);
+    if upd.ty.shape != want {
+        bail!(ShapeMismatch, "ScatterND updates {:?}, expected {want:?}", upd.ty.shape);
+    }
+    let inner: usize = dims[k..].iter().product();
+    let total: usize = dims.iter().product();
+    let strides: Vec<usize> = (0..k).map(|j| dims[j + 1..].iter().product()).collect();
+    let mut take = vec![0i64; total];
+    let mut mask = vec![0i64; total];
+    for (i, tuple) in indices.chunks(k.max(1)).enumerate() {
+        let mut base = 0;
+        for (j, &v) in tuple.iter().enumerate().take(k) {
+            let d = dims[j] as i64;
+            if v < -d || v >= d {
+                bail!(ShapeMismatch, "ScatterND index {v} out of range for axis of size {d}");
+            }
+            base += (if v < 0 { v + d } else { v }) as usize * strides[j];
+        }
+        for s in 0..inner {
+            take[base + s] = (i * inner + s) as i64;
+            mask[base + s] = 1;
+        }
+    }
+    let n_upd = upd.ty.numel();
+    let dev = device_dims(dims);
+    let extra = vec![ints_data(take, vec![total]), ints_data(mask, vec![total])];
+    kernel_with(vec![x.ty.clone()], vec![0, 2], extra, move |ctx, mut v| {
+        let mask = B::int_not_equal_elem(v.remove(3), 0i64.into(), ctx.bool);
+        let take = v.remove(2);
+        let updates = reshape(v.remove(1), &[n_upd]);
+        let data = reshape(v.remove(0), &[total]);
+        let moved = select(updates, 0, take);
+        vec![reshape(crate::tensor::mask_where(data, mask, moved), &dev)]
     })
 }
 

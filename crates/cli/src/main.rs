@@ -7,6 +7,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kiln_graph::{Backend, Graph, Mode, npy};
 
+/// Appends a line to a report string.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Run docTR OCR models, compiled, on Burn")]
 struct Cli {
@@ -48,8 +56,9 @@ fn main() -> Result<()> {
 }
 
 fn inspect(path: PathBuf) -> Result<()> {
+    let mut out = String::new();
     let model = kiln_graph::OnnxModel::from_path(&path)?;
-    println!("model: {} (opset {}, producer '{}')", path.display(), model.opset, model.producer);
+    outln!(out, "model: {} (opset {}, producer '{}')", path.display(), model.opset, model.producer);
     let fmt_dims = |dims: &[kiln_graph::Dim]| {
         dims.iter()
             .map(|d| match d {
@@ -61,28 +70,28 @@ fn inspect(path: PathBuf) -> Result<()> {
             .join("×")
     };
     for i in &model.graph.inputs {
-        println!("input  {}: {:?} [{}]", i.name, i.elem, fmt_dims(&i.dims));
+        outln!(out, "input  {}: {:?} [{}]", i.name, i.elem, fmt_dims(&i.dims));
     }
     for o in &model.graph.outputs {
-        println!("output {}: {:?} [{}]", o.name, o.elem, fmt_dims(&o.dims));
+        outln!(out, "output {}: {:?} [{}]", o.name, o.elem, fmt_dims(&o.dims));
     }
     let hist = kiln_graph::op_histogram(&model);
     let total: usize = hist.values().sum();
-    println!("{} nodes, {} op types:", total, hist.len());
+    outln!(out, "{} nodes, {} op types:", total, hist.len());
     let mut unsupported = vec![];
     for (op, n) in &hist {
         let ok = kiln_graph::is_supported(op);
-        println!("  {op:<24} {n:>6}{}", if ok { "" } else { "  UNSUPPORTED" });
+        outln!(out, "  {op:<24} {n:>6}{}", if ok { "" } else { "  UNSUPPORTED" });
         if !ok {
             unsupported.push(op.as_str());
         }
     }
     if unsupported.is_empty() {
-        println!("all ops supported");
+        outln!(out, "all ops supported");
     } else {
-        println!("unsupported ops: {}", unsupported.join(", "));
+        outln!(out, "unsupported ops: {}", unsupported.join(", "));
     }
-    Ok(())
+    emit(&out)
 }
 
 fn run(path: PathBuf, inputs: Vec<PathBuf>, out_dir: PathBuf, backend: Backend, mode: Mode) -> Result<()> {
@@ -115,6 +124,15 @@ fn run(path: PathBuf, inputs: Vec<PathBuf>, out_dir: PathBuf, backend: Backend, 
         forward.as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// Writes a report to stdout; a closed pipe (`kiln inspect … | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Output names can hold characters that are awkward in file names.

@@ -65,7 +65,7 @@ impl Ctx {
         match kind_of(data.dtype()) {
             Kind::Float => B::float_from_data(data.clone().convert_dtype(DType::F32), d),
             Kind::Int => B::int_from_data(data.clone().convert_dtype(self.int.into()), d),
-            Kind::Bool => B::bool_from_data(data.clone(), d),
+            Kind::Bool => B::bool_from_data(data.clone().convert_dtype(DType::Bool(self.bool)), d),
         }
     }
 }

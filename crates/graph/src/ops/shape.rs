@@ -366,9 +366,6 @@ fn lower_slice(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowe
             reversed.push((a, idx));
         }
     }
-    if out.iter().any(|&d| d == 0) {
-        bail!(UnsupportedAttribute, "Slice yields an empty tensor of shape {out:?}");
-    }
     let extra: Vec<TensorData> = reversed.iter().map(|(_, idx)| ints_data(idx.clone(), vec![idx.len()])).collect();
     let rev_axes: Vec<usize> = reversed.iter().map(|(a, _)| *a).collect();
     let full = slices.iter().all(|s| s.start == 0 && s.end.is_none() && s.step == 1);

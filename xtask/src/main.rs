@@ -70,6 +70,11 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    // `RUST_LOG=kiln_graph=info cargo xtask compat` shows load and compile details.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().task {
         Task::Fixtures { set, models } => fixtures(set, &models),
         Task::Compat { set, models, backends, modes, all_cases, json } => {

@@ -125,7 +125,7 @@ fn venv() -> Result<PathBuf> {
 
 fn fixtures(set: Set, models: &[String]) -> Result<()> {
     let python = venv()?;
-    let mut cmd = Command::new(python);
+    let mut cmd = Command::new(&python);
     cmd.arg(repo_root().join("tests/fixtures/make_fixtures.py"))
         .arg("--out")
         .arg(fixtures_dir())
@@ -133,7 +133,12 @@ fn fixtures(set: Set, models: &[String]) -> Result<()> {
     if !models.is_empty() {
         cmd.arg("--models").arg(models.join(","));
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // ONNX's own node tests, for the conformance test.
+    run(Command::new(&python)
+        .arg(repo_root().join("tests/fixtures/make_node_tests.py"))
+        .arg("--out")
+        .arg(fixtures_dir().join("onnx-node")))
 }
 
 fn selected(set: Set, models: &[String], manifest: &Manifest) -> Vec<String> {

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     UnsupportedOp,
     /// A supported op with an attribute value or input combination Kiln does not implement.
     UnsupportedAttribute,
+    /// A shape-like argument (Reshape's shape, Slice's bounds, an `If` condition, …) depends on
+    /// run-time values; bind the input to a constant (`Graph::bind_input`) to specialise on it.
+    DynamicArgument,
     /// Shapes or element types of a node's inputs do not fit together.
     ShapeMismatch,
     /// A caller-supplied input has the wrong count, rank, shape or element type.
@@ -38,6 +41,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidGraph => "invalid graph",
             ErrorKind::UnsupportedOp => "unsupported op",
             ErrorKind::UnsupportedAttribute => "unsupported attribute",
+            ErrorKind::DynamicArgument => "dynamic argument",
             ErrorKind::ShapeMismatch => "shape mismatch",
             ErrorKind::InputMismatch => "input mismatch",
             ErrorKind::NonFiniteInput => "non-finite input",

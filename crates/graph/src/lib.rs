@@ -31,7 +31,7 @@ use std::time::Instant;
 pub use burn_backend::TensorData;
 pub use device::{Backend, LaunchCounter, Mode, open as open_device, process_mode, set_mode, sync};
 pub use error::{Error, ErrorKind, Result};
-pub use model::{Dim, ElemType, OnnxModel, ValueInfo};
+pub use model::{Dim, ElemType, OnnxModel, ValueInfo, tensor_from_proto};
 pub use ops::{TypeInfo, is_supported, supported_ops};
 pub use plan::{Plan, RunStats};
 
@@ -86,6 +86,19 @@ impl Graph {
         };
         tracing::info!(model = %model.source.display(), ?stats, "loaded");
         Ok(Self { model, stats, plans: Mutex::new(HashMap::new()) })
+    }
+
+    /// Specialises on an input's value: the input becomes a constant of the graph, so shape-like
+    /// arguments fed as inputs (Reshape's shape, Slice's bounds, …) fold at compile time.
+    pub fn bind_input(&mut self, name: &str, value: TensorData) -> Result<()> {
+        let inputs = &mut self.model.graph.inputs;
+        let Some(i) = inputs.iter().position(|v| v.name == name) else {
+            return Err(err!(InputMismatch, "the model has no input '{name}'").in_model(&self.model.source));
+        };
+        inputs.remove(i);
+        self.model.graph.initializers.push((name.to_string(), Arc::new(value)));
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
     }
 
     pub fn source(&self) -> &Path {

@@ -31,6 +31,9 @@ impl ElemType {
             1 => Self::F32,
             2 => Self::U8,
             3 => Self::I8,
+            // Wider unsigned types are held as i64 like the signed ones.
+            4 | 12 | 13 => Self::I64,
+            5 => Self::I32,
             6 => Self::I32,
             7 => Self::I64,
             9 => Self::Bool,
@@ -311,27 +314,38 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<TensorData> {
             TensorData::new(v, shape)
         }
         _ => {
-            let w = match elem {
-                ElemType::I64 => 8,
-                ElemType::I32 => 4,
-                _ => 1,
+            // Width and signedness come from the ONNX type code: several codes share ElemType::I64.
+            let (w, signed) = match t.data_type {
+                2 => (1, false),
+                3 => (1, true),
+                4 => (2, false),
+                5 => (2, true),
+                6 => (4, true),
+                12 => (4, false),
+                13 => (8, false),
+                _ => (8, true),
             };
             let v: Vec<i64> = if !raw.is_empty() {
                 if raw.len() % w != 0 {
                     bail!(InvalidGraph, "tensor '{}' raw data length {} is not a multiple of {w}", t.name, raw.len());
                 }
                 raw.chunks_exact(w)
-                    .map(|c| match elem {
-                        ElemType::I64 => i64::from_le_bytes(le(c, 8)),
-                        ElemType::I32 => i32::from_le_bytes(c.try_into().unwrap()) as i64,
-                        ElemType::I8 => c[0] as i8 as i64,
-                        _ => c[0] as i64,
+                    .map(|c| {
+                        let u = u64::from_le_bytes(le(c, w));
+                        if signed && w < 8 {
+                            let shift = 64 - 8 * w as u32;
+                            ((u << shift) as i64) >> shift
+                        } else {
+                            u as i64
+                        }
                     })
                     .collect()
-            } else if elem == ElemType::I64 {
-                t.int64_data.clone()
             } else {
-                t.int32_data.iter().map(|&x| x as i64).collect()
+                match t.data_type {
+                    7 => t.int64_data.clone(),
+                    12 | 13 => t.uint64_data.iter().map(|&x| x as i64).collect(),
+                    _ => t.int32_data.iter().map(|&x| x as i64).collect(),
+                }
             };
             check(v.len())?;
             TensorData::new(v, shape)

@@ -135,7 +135,15 @@ impl Plan {
         let outs = self.forward(inputs)?;
         let host_reads = HOST_READS.with(Cell::get) - before;
         let stats = RunStats { host_reads, steps: self.steps.len() };
-        let host = outs.into_iter().map(download).collect::<Result<Vec<_>>>()?;
+        let host = outs
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(t, (_, ty, _))| {
+                let d = download(t)?;
+                // Scalars live as `[1]` on the device.
+                Ok(if ty.shape.is_empty() { crate::tensor::reshape_data(d, vec![]) } else { d })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((host, stats))
     }
 

@@ -147,6 +147,9 @@ fn binary_scalar(op: Bin, a: T, s: f64) -> Option<T> {
 
 pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {
     let op = node.op.as_str();
+    if op == "Mod" && node.int("fmod", 0)? != 0 {
+        return lower_fmod(node, inputs);
+    }
     if let Some(bin) = Bin::of(op) {
         return lower_binary(node, inputs, bin);
     }
@@ -217,7 +220,25 @@ fn lower_unary(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     kernel(vec![ty], vec![0], move |_, mut v| vec![f(v.remove(0))])
 }
 
+/// Pow with base and exponent of different kinds: computed in float, returned in the base's kind.
+fn lower_mixed_pow(base: Input, exp: Input) -> Result<Lowering> {
+    let out = broadcast(&base.ty.shape, &exp.ty.shape)?;
+    let (rank, dev) = (out.len(), device_dims(&out));
+    let base_kind = if base.ty.elem.is_float() { Kind::Float } else { Kind::Int };
+    kernel(vec![TypeInfo::new(base.ty.elem, out)], vec![0, 1], move |ctx, mut v| {
+        let e = to_rank(cast(ctx, v.remove(1), Kind::Float), rank);
+        let b = to_rank(cast(ctx, v.remove(0), Kind::Float), rank);
+        vec![reshape(cast(ctx, B::float_powf(b, e), base_kind), &dev)]
+    })
+}
+
 fn lower_binary(node: &Node, inputs: &[Option<Input>], bin: Bin) -> Result<Lowering> {
+    if bin == Bin::Pow {
+        let (b, e) = (input(inputs, 0, node)?, input(inputs, 1, node)?);
+        if b.ty.elem.is_float() != e.ty.elem.is_float() {
+            return lower_mixed_pow(b, e);
+        }
+    }
     let present: Vec<(usize, Input)> =
         inputs.iter().enumerate().filter_map(|(i, x)| x.map(|x| (i, x))).collect();
     if present.is_empty() {
@@ -279,6 +300,20 @@ fn lower_binary(node: &Node, inputs: &[Option<Input>], bin: Bin) -> Result<Lower
             acc = binary(ctx, bin, acc, t);
         }
         vec![reshape(acc, &out_dev)]
+    })
+}
+
+/// `Mod` with `fmod=1`: the remainder takes the dividend's sign, `a − b·trunc(a / b)`.
+fn lower_fmod(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let (a, b) = (input(inputs, 0, node)?, input(inputs, 1, node)?);
+    let out = broadcast(&a.ty.shape, &b.ty.shape)?;
+    let (rank, dev) = (out.len(), device_dims(&out));
+    let kind = if a.ty.elem.is_float() { Kind::Float } else { Kind::Int };
+    kernel(vec![TypeInfo::new(a.ty.elem, out)], vec![0, 1], move |ctx, mut v| {
+        let y = to_rank(cast(ctx, v.remove(1), Kind::Float), rank);
+        let x = to_rank(cast(ctx, v.remove(0), Kind::Float), rank);
+        let q = B::float_trunc(B::float_div(x.clone(), y.clone()));
+        vec![reshape(cast(ctx, B::float_sub(x, B::float_mul(y, q)), kind), &dev)]
     })
 }
 

@@ -73,7 +73,8 @@ pub enum Lowering {
 pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {
     let op = node.op.as_str();
     let r = match op {
-        "Identity" | "Dropout" => Ok(Lowering::Alias(0)),
+        "Identity" => Ok(Lowering::Alias(0)),
+        "Dropout" => lower_dropout(node, inputs),
         _ if elementwise::handles(op) => elementwise::lower(node, inputs, opset),
         _ if shape::handles(op) => shape::lower(node, inputs, opset),
         _ if nn::handles(op) => nn::lower(node, inputs, opset),
@@ -82,6 +83,18 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
         _ => Err(err!(UnsupportedOp, "op '{op}' is not supported by Kiln")),
     };
     r.map_err(|e| e.at_node(&node.name, &node.op))
+}
+
+/// Dropout is the identity at inference; training mode and the mask output are not supported.
+fn lower_dropout(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    let training = match opt_input(inputs, 2) {
+        Some(t) => const_ints(t, "Dropout training_mode")?.first().is_some_and(|&v| v != 0),
+        None => false,
+    };
+    if training || node.outputs.get(1).is_some_and(|m| !m.is_empty()) {
+        bail!(UnsupportedAttribute, "Dropout in training mode or with a mask output");
+    }
+    Ok(Lowering::Alias(0))
 }
 
 /// The ops Kiln implements (plus `If`, which the specialise pass resolves).
@@ -116,17 +129,14 @@ pub(crate) fn opt_input<'a>(inputs: &'a [Option<Input<'a>>], i: usize) -> Option
 /// The integer values of a constant input (Reshape's shape, Slice's starts, …).
 pub(crate) fn const_ints(inp: Input, what: &str) -> Result<Vec<i64>> {
     let Some(k) = inp.konst else {
-        bail!(
-            UnsupportedAttribute,
-            "{what} depends on run-time values; Kiln needs it constant after shape specialisation"
-        );
+        bail!(DynamicArgument, "{what} depends on run-time values; Kiln needs it constant after shape specialisation");
     };
     k.try_to_vec_as::<i64>().map_err(|e| err!(InvalidGraph, "{what}: {e:?}"))
 }
 
 pub(crate) fn const_floats(inp: Input, what: &str) -> Result<Vec<f32>> {
     let Some(k) = inp.konst else {
-        bail!(UnsupportedAttribute, "{what} depends on run-time values; Kiln needs it constant");
+        bail!(DynamicArgument, "{what} depends on run-time values; Kiln needs it constant");
     };
     k.try_to_vec_as::<f32>().map_err(|e| err!(InvalidGraph, "{what}: {e:?}"))
 }

@@ -293,6 +293,9 @@ fn lower_pool(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
 
 fn lower_batchnorm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let x = float_input(inputs, 0, node)?;
+    if node.int("training_mode", 0)? != 0 || node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+        bail!(UnsupportedAttribute, "BatchNormalization in training mode");
+    }
     let c = *x.ty.shape.get(1).ok_or_else(|| err!(ShapeMismatch, "BatchNormalization input rank < 2"))?;
     let get = |i: usize, what: &str| -> Result<Vec<f32>> {
         let v = const_floats(input(inputs, i, node)?, what)?;
@@ -473,7 +476,14 @@ fn lower_resize(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Low
     }
     let out: Vec<usize> = match (&sizes, &scales) {
         (Some(s), _) if s.len() == 4 => s.iter().map(|&v| v as usize).collect(),
-        (None, Some(s)) if s.len() == 4 => xs.iter().zip(s).map(|(&d, &f)| (d as f32 * f).floor() as usize).collect(),
+        (None, Some(s)) if s.len() == 4 => {
+            // ONNX maps coordinates with the given scale; Burn with the size ratio. They agree only
+            // when the scale gives a whole output size.
+            if xs.iter().zip(s).any(|(&d, &f)| (d as f32 * f).fract() != 0.0) {
+                bail!(UnsupportedAttribute, "Resize scales {s:?} do not give whole sizes for {xs:?}");
+            }
+            xs.iter().zip(s).map(|(&d, &f)| (d as f32 * f) as usize).collect()
+        }
         _ => bail!(InvalidGraph, "Resize needs 4 scales or sizes"),
     };
     if out[0] != xs[0] || out[1] != xs[1] {

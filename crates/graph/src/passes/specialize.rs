@@ -182,7 +182,7 @@ impl Specializer<'_> {
     fn run_if(&mut self, node: &Node) -> Result<()> {
         let cond = self.value(node.input(0).ok_or_else(|| err!(InvalidGraph, "If without condition"))?)?;
         let Some(c) = &cond.konst else {
-            bail!(UnsupportedAttribute, "If condition depends on run-time values; Kiln needs it constant after shape specialisation");
+            bail!(DynamicArgument, "If condition depends on run-time values; Kiln needs it constant after shape specialisation");
         };
         let taken = c
             .try_to_vec_as::<f32>()

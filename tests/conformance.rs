@@ -110,7 +110,8 @@ fn onnx_node_tests_for_supported_ops() {
     let root = kiln_fixtures::fixtures_dir().join("onnx-node");
     assert!(root.is_dir(), "{} is missing: run `cargo xtask fixtures`", root.display());
     let known = known_failures();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     cases.sort();
     let mut per_op: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let (mut unexpected, mut fixed) = (vec![], vec![]);

@@ -276,6 +276,12 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<TensorData> {
         b
     };
     let data = match elem {
+        // Zero-copy: float weights stay views into the model file's bytes when they are aligned, so
+        // loading does not hold the weights twice.
+        ElemType::F32 if raw.len() == 4 * n && n > 0 && (raw.as_ptr() as usize).is_multiple_of(4) => {
+            let bytes = burn_backend::Bytes::from_shared(raw.clone(), burn_backend::AllocationProperty::File);
+            TensorData::from_bytes(bytes, shape, DType::F32)
+        }
         ElemType::F32 | ElemType::F64 | ElemType::F16 => {
             let v: Vec<f32> = if !raw.is_empty() {
                 let w = match elem {

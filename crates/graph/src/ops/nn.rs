@@ -341,14 +341,33 @@ fn lower_layernorm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     if has_bias {
         uses.push(2);
     }
-    if node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-        bail!(UnsupportedAttribute, "LayerNormalization Mean/InvStdDev outputs");
+    if node.outputs.iter().skip(1).all(String::is_empty) {
+        return kernel(vec![x.ty.clone()], uses, move |_, mut v| {
+            let beta = (v.len() == 3).then(|| reshape(v.remove(2), &[inner]));
+            let gamma = reshape(v.remove(1), &[inner]);
+            let t = reshape(v.remove(0), &flat);
+            vec![reshape(B::layer_norm(t, gamma, beta, eps), &dev)]
+        });
     }
-    kernel(vec![x.ty.clone()], uses, move |_, mut v| {
+    // Mean and InvStdDev asked for too: the statistics spelled out, shaped [outer…, 1, …].
+    let mut stat = outer.clone();
+    stat.extend(std::iter::repeat_n(1, r - a));
+    let stat_ty = TypeInfo::new(ElemType::F32, stat.clone());
+    let stat_dev = device_dims(&stat);
+    kernel(vec![x.ty.clone(), stat_ty.clone(), stat_ty], uses, move |_, mut v| {
         let beta = (v.len() == 3).then(|| reshape(v.remove(2), &[inner]));
         let gamma = reshape(v.remove(1), &[inner]);
         let t = reshape(v.remove(0), &flat);
-        vec![reshape(B::layer_norm(t, gamma, beta, eps), &dev)]
+        let last = flat.len() - 1;
+        let mean = B::float_mean_dim(t.clone(), last);
+        let centered = B::float_sub(t, mean.clone());
+        let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
+        let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())));
+        let mut y = B::float_mul(B::float_mul(centered, inv.clone()), to_rank(gamma, flat.len()));
+        if let Some(b) = beta {
+            y = B::float_add(y, to_rank(b, flat.len()));
+        }
+        vec![reshape(y, &dev), reshape(mean, &stat_dev), reshape(inv, &stat_dev)]
     })
 }
 

@@ -137,6 +137,11 @@ fn fixtures(set: Set, models: &[String]) -> Result<()> {
         cmd.arg("--models").arg(models.join(","));
     }
     run(&mut cmd)?;
+    // Pages of known words, for the OCR pipeline's end-to-end tests.
+    run(Command::new(&python)
+        .arg(repo_root().join("tests/fixtures/make_pages.py"))
+        .arg("--out")
+        .arg(fixtures_dir().join("pages")))?;
     // ONNX's own node tests, for the conformance test.
     run(Command::new(&python)
         .arg(repo_root().join("tests/fixtures/make_node_tests.py"))

@@ -1,6 +1,6 @@
-//! `kiln`: inspect and run docTR ONNX models on Burn.
+//! `kiln`: read text from pages, and inspect and run docTR ONNX models, on Burn.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Read the text of images (PNG, JPEG, TIFF, WebP, BMP) with docTR's OCR pipeline.
+    Ocr(OcrArgs),
+    /// List the model cards Kiln knows and whether each model is available on this machine.
+    Models,
     /// Print a model's inputs, outputs, op histogram and any op Kiln does not support.
     Inspect {
         model: PathBuf,
@@ -50,9 +54,129 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Ocr(args) => ocr(args),
+        Command::Models => models(),
         Command::Inspect { model } => inspect(model),
         Command::Run { model, inputs, out_dir, backend, mode } => run(model, inputs, out_dir, backend, mode),
     }
+}
+
+#[derive(clap::Args)]
+struct OcrArgs {
+    /// Image files; each is one page.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Detection model: a card name (`kiln models`) or a local ONNX file.
+    #[arg(long, default_value = "ppocr-v4-det")]
+    det: String,
+    /// The card describing a local --det file.
+    #[arg(long, default_value = "ppocr-v4-det")]
+    det_card: String,
+    /// Recognition model: a card name or a local ONNX file.
+    #[arg(long, default_value = "ppocr-v4-rec")]
+    reco: String,
+    /// The card describing a local --reco file.
+    #[arg(long, default_value = "ppocr-v4-rec")]
+    reco_card: String,
+    /// Crop orientation model used with --rotated: a card name or a local ONNX file.
+    #[arg(long, default_value = "ppocr-v2-cls")]
+    crop_orientation: String,
+    #[arg(long, default_value = "ppocr-v2-cls")]
+    crop_orientation_card: String,
+    /// Pages may be rotated: fit rotated boxes and turn crops upright (docTR's
+    /// `assume_straight_pages=False`).
+    #[arg(long)]
+    rotated: bool,
+    /// With --rotated, still export straight boxes.
+    #[arg(long)]
+    straight_boxes: bool,
+    #[arg(long, default_value = "flex")]
+    backend: Backend,
+    #[arg(long, default_value = "fused")]
+    mode: Mode,
+    /// Override the card's binarisation threshold.
+    #[arg(long)]
+    bin_thresh: Option<f32>,
+    /// Override the card's box score threshold.
+    #[arg(long)]
+    box_thresh: Option<f32>,
+    /// Write docTR's `export()` JSON of all pages here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the text to stdout (the default when no --json is given).
+    #[arg(long)]
+    text: bool,
+}
+
+/// A model given as a card name or a local file described by a card.
+fn load_model(spec: &str, card: &str) -> Result<kiln::Model> {
+    let as_path = Path::new(spec);
+    if as_path.extension().is_some_and(|e| e == "onnx") || as_path.is_file() {
+        Ok(kiln::Model::load(kiln::ModelCard::named(card)?, Some(as_path))?)
+    } else {
+        Ok(kiln::Model::load(kiln::ModelCard::named(spec)?, None)?)
+    }
+}
+
+fn ocr(args: OcrArgs) -> Result<()> {
+    let det = load_model(&args.det, &args.det_card)?;
+    let reco = load_model(&args.reco, &args.reco_card)?;
+    let cls = if args.rotated { Some(load_model(&args.crop_orientation, &args.crop_orientation_card)?) } else { None };
+    let options = kiln::Options {
+        backend: args.backend,
+        mode: args.mode,
+        assume_straight_pages: !args.rotated,
+        export_as_straight_boxes: args.straight_boxes,
+        bin_thresh: args.bin_thresh,
+        box_thresh: args.box_thresh,
+        ..kiln::Options::default()
+    };
+    let predictor = kiln::Predictor::new(det, reco, cls, options)?;
+    let bar = indicatif::ProgressBar::new(args.files.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} pages {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut doc = kiln::Document { pages: vec![] };
+    for file in &args.files {
+        bar.set_message(file.display().to_string());
+        let page = kiln::image_io::load_image(file)?;
+        let mut one = predictor.predict(&[page])?;
+        for mut p in one.pages.drain(..) {
+            p.page_idx = doc.pages.len();
+            doc.pages.push(p);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&doc.export())?;
+        write_atomic(path, text.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.text || args.json.is_none() {
+        emit(&format!("{}\n", doc.render()))?;
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so a failed run never leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("kiln-tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn models() -> Result<()> {
+    let mut out = String::new();
+    for card in kiln::ModelCard::all()? {
+        let place = match card.locate() {
+            Ok(p) => p.display().to_string(),
+            Err(_) => "not available (cargo xtask fixtures)".to_string(),
+        };
+        outln!(out, "{:<38} {:<18} {:<10} {}", card.name, format!("{:?}", card.task), card.arch, place);
+    }
+    emit(&out)
 }
 
 fn inspect(path: PathBuf) -> Result<()> {

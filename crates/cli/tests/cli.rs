@@ -68,3 +68,43 @@ fn corrupt_model_fails_naming_the_file() {
     assert!(err.contains("broken.onnx") && err.contains("decode"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The README's main command: the bundled sample page through the default (PP-OCR) models.
+#[test]
+fn ocr_reads_the_sample_page() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/sample-page.png");
+    let dir = scratch("ocr");
+    let json = dir.join("sample.json");
+    let o = kiln(&["ocr", sample, "--text", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    // The words tests/fixtures/make_pages.py --sample draws.
+    let truth = "model history kernel page village golden question device orange violet history silver \
+                 confidence orange letter purple device careful summer paper layer vulkan layer document";
+    let read: Vec<&str> = text.split_whitespace().collect();
+    let found = truth.split_whitespace().filter(|w| read.contains(w)).count();
+    assert!(found * 10 >= truth.split_whitespace().count() * 9, "read {found} of the words:\n{text}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["pages"][0]["dimensions"], serde_json::json!([500, 900]));
+}
+
+#[test]
+fn ocr_on_a_broken_image_names_it() {
+    let dir = scratch("ocr-broken");
+    let bad = dir.join("broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff not really a jpeg").unwrap();
+    let o = kiln(&["ocr", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("broken.jpg"), "{err}");
+}
+
+#[test]
+fn models_lists_the_cards() {
+    let o = kiln(&["models"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for card in ["ppocr-v4-det", "ppocr-v4-rec", "ppocr-v2-cls", "db_mobilenet_v3_large"] {
+        assert!(text.contains(card), "{text}");
+    }
+}

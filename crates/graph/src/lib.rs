@@ -113,6 +113,11 @@ impl Graph {
         &self.model.graph.outputs
     }
 
+    /// The model's `metadata_props` value for `key`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.model.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     pub fn opset(&self) -> i64 {
         self.model.opset
     }

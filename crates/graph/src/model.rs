@@ -126,6 +126,8 @@ pub struct OnnxModel {
     pub opset: i64,
     pub graph: Subgraph,
     pub producer: String,
+    /// `metadata_props` (PP-OCR keeps its recognition dictionary here, under `character`).
+    pub metadata: Vec<(String, String)>,
 }
 
 impl OnnxModel {
@@ -162,7 +164,8 @@ impl OnnxModel {
         }
         let graph = convert_graph(graph)?;
         tracing::debug!(source = %source.display(), nodes = graph.nodes.len(), opset, "decoded ONNX");
-        Ok(Self { source: source.to_path_buf(), opset, graph, producer: proto.producer_name.clone() })
+        let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        Ok(Self { source: source.to_path_buf(), opset, graph, producer: proto.producer_name.clone(), metadata })
     }
 }
 

@@ -1,0 +1,297 @@
+//! Model cards (`models/*.toml`): everything the pipeline needs to know about a model besides its
+//! graph — task, input size, normalisation, resize rule, post-processing parameters, vocabulary and
+//! where the ONNX file comes from. The cards in `models/` are embedded in the binary.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Detection,
+    Recognition,
+    CropOrientation,
+    PageOrientation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channels {
+    Rgb,
+    /// PaddleOCR models were trained on OpenCV's BGR images.
+    Bgr,
+}
+
+/// What turns the graph's output into probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    None,
+    Sigmoid,
+    /// FAST: docTR max-pools the logits (3×3, stride 1) before the sigmoid, outside the graph.
+    MaxpoolSigmoid,
+    Softmax,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Resize {
+    /// docTR: to the card's input size, aspect ratio kept, zero padding (symmetric or bottom-right).
+    Fixed { symmetric_pad: bool },
+    /// PaddleOCR detection: scale so the `limit_type` side meets `limit`, round to `multiple`.
+    SideLimit { limit: u32, limit_type: LimitType, multiple: u32 },
+    /// PaddleOCR recognition/classification: fixed height, width from the aspect ratio, padded right
+    /// to the widest crop of the batch (at least the card's width), rounded up to `multiple`.
+    Height {
+        #[serde(default = "one")]
+        multiple: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitType {
+    Min,
+    Max,
+}
+
+/// Binary-map morphology before contour search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Morphology {
+    /// docTR: opening with a 3×3 square.
+    Open3,
+    /// PaddleOCR: dilation with a 2×2 square.
+    Dilate2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostProcess {
+    pub bin_thresh: f32,
+    pub box_thresh: f32,
+    pub unclip_ratio: f32,
+    pub morphology: Morphology,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocab {
+    /// A docTR vocabulary name (`french`, …).
+    pub name: Option<String>,
+    /// Characters given inline, in class order.
+    pub chars: Option<String>,
+    /// An ONNX `metadata_props` key holding the characters, one per line.
+    pub metadata: Option<String>,
+    #[serde(default)]
+    pub append_space: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderKind {
+    /// Greedy CTC: collapse repeats, drop blanks.
+    Ctc,
+    /// Argmax per step, cut at `<eos>` (index = vocabulary size).
+    Attention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Blank {
+    First,
+    Last,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    /// docTR CTC, SAR, MASTER: the least confident step.
+    Min,
+    /// PaddleOCR CTC, docTR ViTSTR/PARSeq: mean over the kept characters.
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decoder {
+    pub kind: DecoderKind,
+    #[serde(default = "blank_last")]
+    pub blank: Blank,
+    pub confidence: Confidence,
+}
+
+fn blank_last() -> Blank {
+    Blank::Last
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Directory name under the fixtures cache (`cargo xtask fixtures`).
+    pub fixture: Option<String>,
+    pub package: Option<String>,
+    pub file: Option<String>,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    pub name: String,
+    pub arch: String,
+    pub task: Task,
+    /// C, H, W the model was trained at.
+    pub input: [usize; 3],
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub channels: Channels,
+    pub activation: Activation,
+    pub resize: Resize,
+    pub postprocess: Option<PostProcess>,
+    pub vocab: Option<Vocab>,
+    pub decoder: Option<Decoder>,
+    /// Orientation classes in degrees, counter-clockwise, in output order.
+    pub classes: Option<Vec<i32>>,
+    /// Minimum probability to act on an orientation class other than 0.
+    pub threshold: Option<f32>,
+    #[serde(default)]
+    pub source: Source,
+}
+
+const EMBEDDED: &[(&str, &str)] = &[
+    ("ppocr-v4-det", include_str!("../../../models/ppocr-v4-det.toml")),
+    ("ppocr-v4-rec", include_str!("../../../models/ppocr-v4-rec.toml")),
+    ("ppocr-v2-cls", include_str!("../../../models/ppocr-v2-cls.toml")),
+    ("db_mobilenet_v3_large", include_str!("../../../models/db_mobilenet_v3_large.toml")),
+    ("crnn_mobilenet_v3_small", include_str!("../../../models/crnn_mobilenet_v3_small.toml")),
+    (
+        "mobilenet_v3_small_crop_orientation",
+        include_str!("../../../models/mobilenet_v3_small_crop_orientation.toml"),
+    ),
+];
+
+impl ModelCard {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let card: ModelCard =
+            toml::from_str(text).map_err(|e| Error::Card { card: origin.into(), reason: e.to_string() })?;
+        card.validate()?;
+        Ok(card)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// An embedded card by name.
+    pub fn named(name: &str) -> Result<Self> {
+        let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::Card {
+            card: name.into(),
+            reason: format!("no such model card; known: {}", Self::names().join(", ")),
+        })?;
+        Self::parse(text, name)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        EMBEDDED.iter().map(|(n, _)| *n).collect()
+    }
+
+    pub fn all() -> Result<Vec<Self>> {
+        Self::names().into_iter().map(Self::named).collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fail = |reason: &str| Err(Error::Card { card: self.name.clone(), reason: reason.into() });
+        if self.input[0] != 3 || self.input[1] == 0 || self.input[2] == 0 {
+            return fail("input must be [3, H, W] with H, W > 0");
+        }
+        if self.std.iter().any(|s| *s <= 0.0) {
+            return fail("std must be positive");
+        }
+        match self.task {
+            Task::Detection if self.postprocess.is_none() => fail("a detection card needs `postprocess`"),
+            Task::Recognition if self.vocab.is_none() || self.decoder.is_none() => {
+                fail("a recognition card needs `vocab` and `decoder`")
+            }
+            Task::CropOrientation | Task::PageOrientation if self.classes.is_none() => {
+                fail("an orientation card needs `classes`")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the ONNX file is on this machine, if anywhere: `$KILN_MODELS/<name>.onnx`, then the
+    /// fixtures cache that `cargo xtask fixtures` fills.
+    pub fn locate(&self) -> Result<PathBuf> {
+        let mut tried = vec![];
+        if let Some(dir) = std::env::var_os("KILN_MODELS") {
+            tried.push(PathBuf::from(dir).join(format!("{}.onnx", self.name)));
+        }
+        if let Some(fixture) = &self.source.fixture {
+            for dir in fixture_dirs() {
+                tried.push(dir.join(fixture).join("model.onnx"));
+            }
+        }
+        if let Some(found) = tried.iter().find(|p| p.is_file()) {
+            return Ok(found.clone());
+        }
+        let looked = tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let how = match (&self.source.fixture, &self.source.url) {
+            (Some(_), _) => "run `cargo xtask fixtures` to make it".to_string(),
+            (None, Some(url)) => format!("download {url}"),
+            (None, None) => "no source is known".to_string(),
+        };
+        Err(Error::ModelMissing {
+            card: self.name.clone(),
+            hint: format!("looked in {looked}; {how}, or pass a local ONNX file (e.g. --det model.onnx)"),
+        })
+    }
+}
+
+/// Candidate fixture caches, most specific first.
+fn fixture_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    if let Some(d) = std::env::var_os("KILN_FIXTURES") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("KILN_CACHE") {
+        dirs.push(PathBuf::from(d).join("fixtures"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cache/kiln/fixtures"));
+    }
+    // A binary built in this repository also finds the repository's own cache.
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fixtures"));
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_cards_parse() {
+        let cards = ModelCard::all().unwrap();
+        assert_eq!(cards.len(), EMBEDDED.len());
+        for (card, (name, _)) in cards.iter().zip(EMBEDDED) {
+            assert_eq!(&card.name, name);
+        }
+    }
+
+    #[test]
+    fn bad_card_is_a_typed_error() {
+        let e = ModelCard::parse("name = 'x'\narch = 'db'\ntask = 'detection'", "x.toml").unwrap_err();
+        assert!(matches!(e, Error::Card { .. }), "{e}");
+        let e = ModelCard::named("nope").unwrap_err();
+        assert!(e.to_string().contains("ppocr-v4-det"), "{e}");
+    }
+}

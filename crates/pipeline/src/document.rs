@@ -1,0 +1,172 @@
+//! docTR's document tree (`doctr/io/elements.py`): Document → Page → Block → Line → Word, with
+//! relative geometry, and its exports: `export()`'s JSON schema and `render()`'s plain text.
+
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
+
+use crate::geometry::Geometry;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub pages: Vec<Page>,
+}
+
+/// A value with the classifier's confidence (`None` where nothing was predicted).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Prediction<T> {
+    pub value: Option<T>,
+    pub confidence: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    pub page_idx: usize,
+    /// (height, width) in pixels.
+    pub dimensions: (u32, u32),
+    pub orientation: Prediction<i32>,
+    pub language: Prediction<String>,
+    pub blocks: Vec<Block>,
+    /// docTR 1.1.0 exports layout regions and tables; Kiln predicts neither yet.
+    pub layout: Vec<()>,
+    pub tables: Vec<()>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Block {
+    #[serde(serialize_with = "geometry")]
+    pub geometry: Geometry,
+    pub objectness_score: f32,
+    pub lines: Vec<Line>,
+    pub artefacts: Vec<()>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line {
+    #[serde(serialize_with = "geometry")]
+    pub geometry: Geometry,
+    pub objectness_score: f32,
+    pub words: Vec<Word>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Word {
+    pub value: String,
+    pub confidence: f32,
+    #[serde(serialize_with = "geometry")]
+    pub geometry: Geometry,
+    pub objectness_score: f32,
+    pub crop_orientation: Prediction<i32>,
+}
+
+/// docTR's geometry tuples: ((xmin, ymin), (xmax, ymax)) or four (x, y) corners.
+fn geometry<S: Serializer>(g: &Geometry, s: S) -> Result<S::Ok, S::Error> {
+    let points: Vec<[f32; 2]> = match g {
+        Geometry::Straight([x0, y0, x1, y1]) => vec![[*x0, *y0], [*x1, *y1]],
+        Geometry::Rotated(p) => p.to_vec(),
+    };
+    let mut seq = s.serialize_seq(Some(points.len()))?;
+    for p in points {
+        seq.serialize_element(&p)?;
+    }
+    seq.end()
+}
+
+impl Line {
+    /// A line around its words: enclosing geometry, mean objectness.
+    pub fn new(words: Vec<Word>) -> Self {
+        let geometry = enclosing(words.iter().map(|w| &w.geometry));
+        let objectness_score = mean(words.iter().map(|w| w.objectness_score));
+        Line { geometry, objectness_score, words }
+    }
+
+    pub fn render(&self) -> String {
+        self.words.iter().map(|w| w.value.as_str()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+impl Block {
+    pub fn new(lines: Vec<Line>) -> Self {
+        let geometry = enclosing(lines.iter().map(|l| &l.geometry));
+        let objectness_score = mean(lines.iter().map(|l| l.objectness_score));
+        Block { geometry, objectness_score, lines, artefacts: vec![] }
+    }
+
+    pub fn render(&self) -> String {
+        self.lines.iter().map(Line::render).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Page {
+    pub fn render(&self) -> String {
+        self.blocks.iter().map(Block::render).collect::<Vec<_>>().join("\n\n")
+    }
+
+    pub fn words(&self) -> impl Iterator<Item = &Word> {
+        self.blocks.iter().flat_map(|b| &b.lines).flat_map(|l| &l.words)
+    }
+}
+
+impl Document {
+    /// The text, like docTR's `Document.render()`.
+    pub fn render(&self) -> String {
+        self.pages.iter().map(Page::render).collect::<Vec<_>>().join("\n\n\n\n")
+    }
+
+    /// The nested JSON of docTR's `Document.export()`.
+    pub fn export(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn mean(it: impl Iterator<Item = f32>) -> f32 {
+    let (s, n) = it.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { s / n as f32 }
+}
+
+/// Smallest enclosing straight box of straight children; for rotated children, the enclosing
+/// box's corners (docTR fits a minimum-area rectangle; an upright one is used here).
+fn enclosing<'a>(children: impl Iterator<Item = &'a Geometry>) -> Geometry {
+    let mut rotated = false;
+    let mut b = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
+    for g in children {
+        rotated |= matches!(g, Geometry::Rotated(_));
+        let [x0, y0, x1, y1] = g.bounds();
+        b = [b[0].min(x0), b[1].min(y0), b[2].max(x1), b[3].max(y1)];
+    }
+    if rotated {
+        Geometry::Rotated([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]])
+    } else {
+        Geometry::Straight(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_has_doctr_schema() {
+        let word = Word {
+            value: "hello".into(),
+            confidence: 0.5,
+            geometry: Geometry::Straight([0.25, 0.25, 0.5, 0.75]),
+            objectness_score: 0.75,
+            crop_orientation: Prediction { value: Some(0), confidence: None },
+        };
+        let page = Page {
+            page_idx: 0,
+            dimensions: (100, 200),
+            orientation: Prediction::default(),
+            language: Prediction::default(),
+            blocks: vec![Block::new(vec![Line::new(vec![word])])],
+            layout: vec![],
+            tables: vec![],
+        };
+        let doc = Document { pages: vec![page] };
+        // The same document built with docTR 1.1.0's elements and `json.dumps(doc.export())`.
+        let doctr = r#"{"pages": [{"page_idx": 0, "dimensions": [100, 200], "orientation": {"value": null, "confidence": null}, "language": {"value": null, "confidence": null}, "blocks": [{"geometry": [[0.25, 0.25], [0.5, 0.75]], "objectness_score": 0.75, "lines": [{"geometry": [[0.25, 0.25], [0.5, 0.75]], "objectness_score": 0.75, "words": [{"value": "hello", "confidence": 0.5, "geometry": [[0.25, 0.25], [0.5, 0.75]], "objectness_score": 0.75, "crop_orientation": {"value": 0, "confidence": null}}]}], "artefacts": []}], "layout": [], "tables": []}]}"#;
+        let expected: serde_json::Value = serde_json::from_str(doctr).unwrap();
+        assert_eq!(doc.export(), expected);
+        assert_eq!(doc.render(), "hello");
+    }
+}

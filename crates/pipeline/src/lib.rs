@@ -16,6 +16,8 @@ pub mod document;
 mod error;
 pub mod geometry;
 pub mod image_io;
+pub mod overlay;
+pub mod pdf;
 pub mod postprocess;
 mod predictor;
 pub mod preprocess;

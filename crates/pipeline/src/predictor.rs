@@ -224,6 +224,16 @@ impl Predictor {
         if !self.options.assume_straight_pages
             && let Some(cls) = &self.crop_orientation
         {
+            // A classifier that only tells 0° from 180° (PaddleOCR's) cannot see vertical text:
+            // like PaddleOCR, turn crops at least 1.5× taller than wide a quarter turn first.
+            let sees_quarter_turns = cls.card.classes.as_ref().is_some_and(|c| c.iter().any(|a| a.rem_euclid(180) == 90));
+            if !sees_quarter_turns {
+                for (_, crop) in kept.iter_mut() {
+                    if crop.height() as f32 >= 1.5 * crop.width() as f32 {
+                        *crop = image::imageops::rotate270(crop);
+                    }
+                }
+            }
             let crops: Vec<RgbImage> = kept.iter().map(|(_, c)| c.clone()).collect();
             let preds = self.classify(cls, &crops)?;
             for ((k, o), (angle, conf)) in kept.iter_mut().zip(&mut orientations).zip(preds) {

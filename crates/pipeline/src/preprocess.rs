@@ -70,8 +70,13 @@ pub fn prepare(card: &ModelCard, img: &RgbImage, height: usize, width: usize) ->
     };
     let resized = if (ch, cw) == (h, w) {
         img.clone()
-    } else {
+    } else if matches!(card.resize, Resize::Fixed { .. }) {
+        // docTR: torchvision's antialiased bilinear.
         imageops::resize(img, cw as u32, ch as u32, FilterType::Triangle)
+    } else {
+        // PaddleOCR: OpenCV's INTER_LINEAR, which does not antialias when shrinking; its
+        // classifier and recogniser were trained on such aliased crops.
+        resize_bilinear(img, cw, ch)
     };
     let order: [usize; 3] = match card.channels {
         Channels::Rgb => [0, 1, 2],
@@ -93,6 +98,30 @@ pub fn prepare(card: &ModelCard, img: &RgbImage, height: usize, width: usize) ->
         }
     }
     Prepared { data, height, width, content: (ch, cw) }
+}
+
+/// OpenCV's `INTER_LINEAR`: each output pixel samples the source at its centre's pre-image
+/// (half-pixel aligned), bilinearly, edges clamped.
+fn resize_bilinear(img: &RgbImage, w: usize, h: usize) -> RgbImage {
+    let (sw, sh) = (img.width() as usize, img.height() as usize);
+    let (fx, fy) = (sw as f32 / w as f32, sh as f32 / h as f32);
+    let taps = |dst: usize, scale: f32, n: usize| {
+        let s = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i = (s.floor() as usize).min(n - 1);
+        (i, (i + 1).min(n - 1), s - i as f32)
+    };
+    let xs: Vec<_> = (0..w).map(|x| taps(x, fx, sw)).collect();
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let (y0, y1, wy) = taps(y as usize, fy, sh);
+        let (x0, x1, wx) = xs[x as usize];
+        let p = |xx: usize, yy: usize| img.get_pixel(xx as u32, yy as u32).0;
+        let (a, b, c, d) = (p(x0, y0), p(x1, y0), p(x0, y1), p(x1, y1));
+        image::Rgb(std::array::from_fn(|k| {
+            let top = a[k] as f32 * (1.0 - wx) + b[k] as f32 * wx;
+            let bottom = c[k] as f32 * (1.0 - wx) + d[k] as f32 * wx;
+            (top * (1.0 - wy) + bottom * wy).round().clamp(0.0, 255.0) as u8
+        }))
+    })
 }
 
 /// Stacks prepared images of one size into a batch tensor.

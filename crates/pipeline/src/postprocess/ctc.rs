@@ -49,10 +49,11 @@ fn attention(best: &[(usize, f32)], vocab: &[char], rule: Confidence) -> (String
     let eos = vocab.len();
     let word: Vec<(usize, f32)> = best.iter().copied().take_while(|&(c, _)| c != eos).collect();
     let text = word.iter().filter_map(|&(c, _)| vocab.get(c)).collect();
-    let probs: Vec<f32> = word.iter().map(|w| w.1).collect();
     let confidence = match rule {
-        Confidence::Min => probs.iter().copied().fold(1.0, f32::min),
-        Confidence::Mean => mean(&probs),
+        // SAR, MASTER: the least confident step of the whole sequence, past `<eos>` too.
+        Confidence::Min => best.iter().map(|b| b.1).fold(1.0, f32::min),
+        // ViTSTR, PARSeq: mean over the word's steps.
+        Confidence::Mean => mean(&word.iter().map(|w| w.1).collect::<Vec<_>>()),
     };
     (text, confidence)
 }

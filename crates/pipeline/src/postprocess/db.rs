@@ -166,7 +166,8 @@ fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], pa
     let (corners, w, h) = min_area_rect(pts)?;
     // docTR adds one pixel to each side to correct OpenCV's approximation.
     let distance = (w + 1.0) * (h + 1.0) * params.unclip_ratio as f64 / (2.0 * (w + h) + 2.0);
-    let grown = unclip(&corners, distance)?;
+    // pyclipper takes integer coordinates: it truncates boxPoints' floats.
+    let grown = unclip(&corners.map(|(x, y)| ((x + 1e-6).trunc(), (y + 1e-6).trunc())), distance)?;
     let grown_pts: Vec<(f64, f64)> = grown.exterior().0.iter().map(|c| (c.x.round(), c.y.round())).collect();
     let (box4, _, _) = min_area_rect(&grown_pts)?;
     let ordered = order_points(box4);

@@ -128,32 +128,24 @@ fn venv() -> Result<PathBuf> {
 
 fn fixtures(set: Set, models: &[String]) -> Result<()> {
     let python = venv()?;
-    let mut cmd = Command::new(&python);
-    cmd.arg(repo_root().join("tests/fixtures/make_fixtures.py"))
-        .arg("--out")
-        .arg(fixtures_dir())
-        .args(["--set", if set == Set::Ci { "ci" } else { "all" }]);
+    let dir = fixtures_dir();
+    let script = |name: &str| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(repo_root().join("tests/fixtures").join(name));
+        cmd
+    };
+    let mut cmd = script("make_fixtures.py");
+    cmd.arg("--out").arg(&dir).args(["--set", if set == Set::Ci { "ci" } else { "all" }]);
     if !models.is_empty() {
         cmd.arg("--models").arg(models.join(","));
     }
     run(&mut cmd)?;
     // Pages of known words, for the OCR pipeline's end-to-end tests.
-    run(Command::new(&python)
-        .arg(repo_root().join("tests/fixtures/make_pages.py"))
-        .arg("--out")
-        .arg(fixtures_dir().join("pages")))?;
+    run(script("make_pages.py").arg("--out").arg(dir.join("pages")))?;
     // docTR's own post-processing on inputs derived from those pages, for the golden tests.
-    run(Command::new(&python)
-        .arg(repo_root().join("tests/fixtures/make_goldens.py"))
-        .arg("--pages")
-        .arg(fixtures_dir().join("pages"))
-        .arg("--out")
-        .arg(fixtures_dir().join("goldens")))?;
+    run(script("make_goldens.py").arg("--pages").arg(dir.join("pages")).arg("--out").arg(dir.join("goldens")))?;
     // ONNX's own node tests, for the conformance test.
-    run(Command::new(&python)
-        .arg(repo_root().join("tests/fixtures/make_node_tests.py"))
-        .arg("--out")
-        .arg(fixtures_dir().join("onnx-node")))
+    run(script("make_node_tests.py").arg("--out").arg(dir.join("onnx-node")))
 }
 
 fn selected(set: Set, models: &[String], manifest: &Manifest) -> Vec<String> {

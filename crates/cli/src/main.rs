@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Read the text of images (PNG, JPEG, TIFF, WebP, BMP) and PDFs with docTR's OCR pipeline.
-    Ocr(OcrArgs),
+    Ocr(Box<OcrArgs>),
     /// List the model cards Kiln knows and whether each model is available on this machine.
     Models,
     /// Print a model's inputs, outputs, op histogram and any op Kiln does not support.
@@ -54,7 +54,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Ocr(args) => ocr(args),
+        Command::Ocr(args) => ocr(*args),
         Command::Models => models(),
         Command::Inspect { model } => inspect(model),
         Command::Run { model, inputs, out_dir, backend, mode } => run(model, inputs, out_dir, backend, mode),
@@ -100,6 +100,18 @@ struct OcrArgs {
     /// Override the card's box score threshold.
     #[arg(long)]
     box_thresh: Option<f32>,
+    /// Pages per detection batch.
+    #[arg(long, default_value_t = 2)]
+    det_bs: usize,
+    /// Crops per recognition batch.
+    #[arg(long, default_value_t = 128)]
+    reco_bs: usize,
+    /// One line per page instead of resolving lines from the boxes.
+    #[arg(long)]
+    no_resolve_lines: bool,
+    /// Relative gap that always splits a line (docTR's `paragraph_break`).
+    #[arg(long, default_value_t = 0.035)]
+    paragraph_break: f32,
     /// Write docTR's `export()` JSON of all pages here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -135,7 +147,12 @@ fn ocr(args: OcrArgs) -> Result<()> {
         export_as_straight_boxes: args.straight_boxes,
         bin_thresh: args.bin_thresh,
         box_thresh: args.box_thresh,
-        ..kiln::Options::default()
+        det_bs: args.det_bs,
+        reco_bs: args.reco_bs,
+        builder: kiln::builder::BuilderOptions {
+            resolve_lines: !args.no_resolve_lines,
+            paragraph_break: args.paragraph_break,
+        },
     };
     let predictor = kiln::Predictor::new(det, reco, cls, options)?;
     let bar = indicatif::ProgressBar::new(args.files.len() as u64).with_style(

@@ -179,6 +179,41 @@ fn decoders_match_doctr() {
 }
 
 #[test]
+fn wide_crop_splitting_matches_doctr() {
+    use kiln::postprocess::split::{Piece, merge_multi_strings, split_crops};
+    let g = goldens();
+    let split = &g["split"];
+    let crops: Vec<image::RgbImage> = split["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| image::RgbImage::new(s[1].as_u64().unwrap() as u32, s[0].as_u64().unwrap() as u32))
+        .collect();
+    let (windows, map) = split_crops(&crops);
+    let ours: Vec<[u64; 2]> = windows.iter().map(|w| [w.height() as u64, w.width() as u64]).collect();
+    let theirs: Vec<[u64; 2]> = serde_json::from_value(split["windows"].clone()).unwrap();
+    assert_eq!(ours, theirs);
+    for (piece, m) in map.iter().zip(split["map"].as_array().unwrap()) {
+        match (piece, m) {
+            (Piece::Whole(i), Value::Number(n)) => assert_eq!(*i as u64, n.as_u64().unwrap()),
+            (Piece::Split { start, end, last_overlap }, Value::Array(a)) => {
+                assert_eq!((*start as u64, *end as u64), (a[0].as_u64().unwrap(), a[1].as_u64().unwrap()));
+                assert!((*last_overlap - a[2].as_f64().unwrap()).abs() < 1e-9);
+            }
+            other => panic!("split map differs: {other:?}"),
+        }
+    }
+    let cases = g["merge"].as_array().unwrap();
+    assert!(cases.len() >= 100);
+    for c in cases {
+        let parts: Vec<String> = serde_json::from_value(c["parts"].clone()).unwrap();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let ours = merge_multi_strings(&parts, c["ratio"].as_f64().unwrap(), c["last"].as_f64().unwrap());
+        assert_eq!(ours, c["merged"].as_str().unwrap(), "{parts:?} ratio {} last {}", c["ratio"], c["last"]);
+    }
+}
+
+#[test]
 fn line_resolution_matches_doctr() {
     let g = goldens();
     let case = &g["builder"][0];

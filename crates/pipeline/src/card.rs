@@ -163,6 +163,10 @@ pub struct ModelCard {
     pub classes: Option<Vec<i32>>,
     /// Minimum probability to act on an orientation class other than 0.
     pub threshold: Option<f32>,
+    /// Recognition: read crops wider than 8× their height in overlapping windows (docTR's fixed
+    /// 32×128 recognisers).
+    #[serde(default)]
+    pub split_wide_crops: bool,
     #[serde(default)]
     pub source: Source,
 }

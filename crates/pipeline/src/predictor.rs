@@ -12,7 +12,7 @@ use crate::card::{Activation, ModelCard, Resize, Task};
 use crate::document::{Document, Page, Prediction, Word};
 use crate::error::{Error, Result};
 use crate::geometry::{Geometry, remove_padding, rotated_crop, straight_crop};
-use crate::postprocess::{ctc, db};
+use crate::postprocess::{ctc, db, split};
 use crate::preprocess::{self, Prepared};
 
 /// A model: its card, its loaded graph and, for recognition, its vocabulary.
@@ -298,6 +298,16 @@ impl Predictor {
 
     /// (text, confidence) per crop.
     pub fn recognize(&self, crops: &[RgbImage]) -> Result<Vec<(String, f32)>> {
+        if self.reco.card.split_wide_crops {
+            let (windows, map) = split::split_crops(crops);
+            if windows.len() > crops.len() {
+                return Ok(split::remap(&self.read_crops(&windows)?, &map));
+            }
+        }
+        self.read_crops(crops)
+    }
+
+    fn read_crops(&self, crops: &[RgbImage]) -> Result<Vec<(String, f32)>> {
         let model = &self.reco;
         let card = &model.card;
         let decoder = card.decoder.ok_or_else(|| Error::Card { card: card.name.clone(), reason: "no decoder".into() })?;

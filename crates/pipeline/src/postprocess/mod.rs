@@ -2,3 +2,4 @@
 
 pub mod ctc;
 pub mod db;
+pub mod split;

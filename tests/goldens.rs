@@ -65,10 +65,11 @@ fn db_postprocessing_matches_doctr() {
             box_thresh: case["box_thresh"].as_f64().unwrap() as f32,
             unclip_ratio: case["unclip_ratio"].as_f64().unwrap() as f32,
             morphology: Morphology::Open3,
+            drop_small: case["arch"] == "db",
         };
         let ours = db::boxes(&map, h, w, &params, straight);
         let theirs: Vec<_> = case["boxes"].as_array().unwrap().iter().map(|r| doctr_box(r, straight)).collect();
-        let label = format!("{} straight={straight}", case["map"]);
+        let label = format!("{} {} straight={straight}", case["arch"], case["map"]);
         assert_eq!(ours.len(), theirs.len(), "{label}: box count");
         for (pts, score) in &theirs {
             // The Kiln box nearest to docTR's, in pixels.

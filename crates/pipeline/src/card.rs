@@ -79,6 +79,13 @@ pub struct PostProcess {
     pub box_thresh: f32,
     pub unclip_ratio: f32,
     pub morphology: Morphology,
+    /// DBNet drops boxes under 2 px after unclipping; docTR's LinkNet and FAST do not.
+    #[serde(default = "yes")]
+    pub drop_small: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,17 +178,8 @@ pub struct ModelCard {
     pub source: Source,
 }
 
-const EMBEDDED: &[(&str, &str)] = &[
-    ("ppocr-v4-det", include_str!("../../../models/ppocr-v4-det.toml")),
-    ("ppocr-v4-rec", include_str!("../../../models/ppocr-v4-rec.toml")),
-    ("ppocr-v2-cls", include_str!("../../../models/ppocr-v2-cls.toml")),
-    ("db_mobilenet_v3_large", include_str!("../../../models/db_mobilenet_v3_large.toml")),
-    ("crnn_mobilenet_v3_small", include_str!("../../../models/crnn_mobilenet_v3_small.toml")),
-    (
-        "mobilenet_v3_small_crop_orientation",
-        include_str!("../../../models/mobilenet_v3_small_crop_orientation.toml"),
-    ),
-];
+/// (name, TOML) of every card in `models/` (listed by build.rs).
+const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/cards.rs"));
 
 impl ModelCard {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {

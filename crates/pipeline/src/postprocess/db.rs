@@ -1,4 +1,5 @@
-//! Probability map → word boxes, as docTR's `DBPostProcessor` does it: binarise, clean with a
+//! Probability map → word boxes, as docTR's `DBPostProcessor` (and, without the final size
+//! filter, its LinkNet and FAST post-processors) does it: binarise, clean with a
 //! morphological pass, take external contours, score each, expand ("unclip") by
 //! `area · ratio / perimeter` with a round-joined polygon offset (geo's `Buffer`, the counterpart
 //! of pyclipper's JT_ROUND), and fit a straight or minimum-area rotated box.
@@ -131,7 +132,7 @@ fn straight_box(
     let b = grown.bounding_rect()?;
     let (gx0, gy0) = (b.min().x.round(), b.min().y.round());
     let (gw, gh) = (b.max().x.round() - gx0 + 1.0, b.max().y.round() - gy0 + 1.0);
-    if gw < MIN_SIZE_BOX || gh < MIN_SIZE_BOX {
+    if params.drop_small && (gw < MIN_SIZE_BOX || gh < MIN_SIZE_BOX) {
         return None;
     }
     let (fw, fh) = (width as f64, height as f64);
@@ -172,7 +173,7 @@ fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], pa
     let (box4, _, _) = min_area_rect(&grown_pts)?;
     let ordered = order_points(box4);
     let diag = ((ordered[2].0 - ordered[0].0).powi(2) + (ordered[2].1 - ordered[0].1).powi(2)).sqrt();
-    if diag < MIN_SIZE_BOX {
+    if params.drop_small && diag < MIN_SIZE_BOX {
         return None;
     }
     let (fw, fh) = (width as f64, height as f64);
@@ -186,7 +187,7 @@ mod tests {
     use crate::card::Morphology;
 
     fn params() -> PostProcess {
-        PostProcess { bin_thresh: 0.3, box_thresh: 0.1, unclip_ratio: 1.5, morphology: Morphology::Open3 }
+        PostProcess { bin_thresh: 0.3, box_thresh: 0.1, unclip_ratio: 1.5, morphology: Morphology::Open3, drop_small: true }
     }
 
     /// A 100×200 map with one bright 10×40 block at rows 20..30, cols 50..90.

@@ -41,8 +41,14 @@ pub enum Activation {
 pub enum Resize {
     /// docTR: to the card's input size, aspect ratio kept, zero padding (symmetric or bottom-right).
     Fixed { symmetric_pad: bool },
-    /// PaddleOCR detection: scale so the `limit_type` side meets `limit`, round to `multiple`.
-    SideLimit { limit: u32, limit_type: LimitType, multiple: u32 },
+    /// PaddleOCR detection: scale so the `limit_type` side meets `limit`, round to `multiple`;
+    /// RapidOCR first shrinks pages whose longer side exceeds `max_side`.
+    SideLimit {
+        limit: u32,
+        limit_type: LimitType,
+        multiple: u32,
+        max_side: Option<u32>,
+    },
     /// PaddleOCR recognition/classification: fixed height, width from the aspect ratio, padded right
     /// to the widest crop of the batch (at least the card's width), rounded up to `multiple`.
     Height {

@@ -22,7 +22,7 @@ pub fn target_size(card: &ModelCard, h: u32, w: u32) -> (usize, usize) {
     let [_, th, tw] = card.input;
     match &card.resize {
         Resize::Fixed { .. } => (th, tw),
-        Resize::SideLimit { limit, limit_type, multiple } => {
+        Resize::SideLimit { limit, limit_type, multiple, max_side } => {
             let (h, w) = (h as f64, w as f64);
             let limit = *limit as f64;
             let ratio = match limit_type {
@@ -30,9 +30,13 @@ pub fn target_size(card: &ModelCard, h: u32, w: u32) -> (usize, usize) {
                 LimitType::Max if h.max(w) > limit => limit / h.max(w),
                 _ => 1.0,
             };
-            // PaddleOCR: int(), then round to the multiple (at least one multiple).
+            let ratio = match max_side {
+                Some(m) if h.max(w) * ratio > *m as f64 => *m as f64 / h.max(w),
+                _ => ratio,
+            };
+            // PaddleOCR: int(), then Python's round (ties to even) to the multiple, at least one.
             let m = *multiple as f64;
-            let round = |v: f64| (((v.trunc() / m).round() * m) as usize).max(*multiple as usize);
+            let round = |v: f64| (((v.trunc() / m).round_ties_even() * m) as usize).max(*multiple as usize);
             (round(h * ratio), round(w * ratio))
         }
         Resize::Height { multiple } => {
@@ -160,6 +164,8 @@ mod tests {
         let det = ModelCard::named("ppocr-v4-det").unwrap();
         // Shorter side 500 < 736: scaled by 736/500, then rounded to multiples of 32.
         assert_eq!(target_size(&det, 500, 1000), (736, 1472));
+        // A 300 dpi A4 scan: the longer side capped at 2000.
+        assert_eq!(target_size(&det, 3508, 2480), (1984, 1408));
         let rec = ModelCard::named("ppocr-v4-rec").unwrap();
         assert_eq!(target_size(&rec, 20, 60), (48, 320));
         assert_eq!(target_size(&rec, 20, 300), (48, 736));

@@ -64,12 +64,6 @@ pub fn remap(preds: &[(String, f32)], map: &[Piece]) -> Vec<(String, f32)> {
         .collect()
 }
 
-/// Python's `round`: halves go to the even neighbour.
-fn round_half_even(v: f64) -> i64 {
-    let r = v.round();
-    if (v - v.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 { (r - v.signum()) as i64 } else { r as i64 }
-}
-
 /// Merges two readings whose ends overlap (docTR's `merge_strings`).
 pub fn merge_strings(a: &str, b: &str, overlap_ratio: f64) -> String {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
@@ -84,7 +78,8 @@ pub fn merge_strings(a: &str, b: &str, overlap_ratio: f64) -> String {
         .map(|i| ac[ac.len() - i..].iter().zip(&bc[..i]).filter(|(x, y)| x != y).count())
         .collect();
     let zeros: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == 0).collect();
-    let expected = round_half_even(b.len() as f64 * overlap_ratio) - 3;
+    // Python's round: ties to even.
+    let expected = (b.len() as f64 * overlap_ratio).round_ties_even() as i64 - 3;
     let pick = |i: usize| join(ac, &bc[i + 1..]);
     match zeros.len() {
         1 => return pick(zeros[0]),

@@ -148,6 +148,25 @@ fn fixtures(set: Set, models: &[String]) -> Result<()> {
     run(script("make_node_tests.py").arg("--out").arg(dir.join("onnx-node")))
 }
 
+/// Every model card naming a selected fixture must fit that model: one image input, the output
+/// rank of its task, its vocabulary found. A card that drifted from its export fails here.
+fn check_cards(names: &[String]) -> Result<()> {
+    let mut bad = vec![];
+    for card in kiln::ModelCard::all()? {
+        let Some(fixture) = card.source.fixture.clone() else { continue };
+        if names.contains(&fixture) {
+            let path = fixtures_dir().join(&fixture).join("model.onnx");
+            if let Err(e) = kiln::Model::load(card, Some(&path)) {
+                bad.push(e.to_string());
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!("model cards that do not fit their models:\n{}", bad.join("\n"));
+    }
+    Ok(())
+}
+
 fn selected(set: Set, models: &[String], manifest: &Manifest) -> Vec<String> {
     if !models.is_empty() {
         return models.to_vec();
@@ -167,6 +186,7 @@ fn compat(
 ) -> Result<()> {
     let manifest = Manifest::load(&fixtures_dir())?;
     let names = selected(set, models, &manifest);
+    check_cards(&names)?;
     let exe = std::env::current_exe()?;
     let tmp = std::env::temp_dir().join(format!("kiln-compat-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

@@ -132,3 +132,130 @@ fn scatter_nd_writes_rows() {
     let (out, _, _) = run(b, TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], vec![3, 2]));
     assert_eq!(floats(&out[0]), vec![9., 10., 3., 4., 7., 8.]);
 }
+
+#[test]
+fn hardswish_chain_becomes_one_op() {
+    // x · clip(x + 3, 0, 6) / 6, as PaddleOCR exports it.
+    let b = OnnxBuilder::new(13)
+        .input("x", FLOAT, &[1, 6])
+        .init_f32("three", &[1], &[3.0])
+        .init_f32("zero", &[], &[0.0])
+        .init_f32("six", &[], &[6.0])
+        .init_f32("six_d", &[1], &[6.0])
+        .node("Add", &["x", "three"], &["a"], &[])
+        .node("Clip", &["a", "zero", "six"], &["c"], &[])
+        .node("Mul", &["x", "c"], &["m"], &[])
+        .node("Div", &["m", "six_d"], &["y"], &[])
+        .output("y", FLOAT, &[1, 6]);
+    let x = vec![-4.0f32, -3.0, -1.5, 0.0, 1.5, 4.0];
+    let (out, g, steps) = run(b, TensorData::new(x.clone(), vec![1, 6]));
+    assert_eq!(g.load_stats().hardswish_fused, 1);
+    assert_eq!(steps, 1, "one HardSwish should remain");
+    let want: Vec<f32> = x.iter().map(|v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0).collect();
+    for (a, b) in floats(&out[0]).iter().zip(&want) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn conv_scale_and_shift_fold_into_the_weights() {
+    // y = (conv(x) · [2, −1]) + 0.5 per output channel.
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 1, 2, 2])
+        .init_f32("w", &[2, 1, 1, 1], &[1.0, 3.0])
+        .init_f32("s", &[1, 2, 1, 1], &[2.0, -1.0])
+        .init_f32("t", &[1], &[0.5])
+        .node("Conv", &["x", "w"], &["c"], &[("kernel_shape", A::Ints(vec![1, 1]))])
+        .node("Mul", &["s", "c"], &["m"], &[])
+        .node("Add", &["m", "t"], &["y"], &[])
+        .output("y", FLOAT, &[1, 2, 2, 2]);
+    let (out, g, steps) = run(b, TensorData::new(vec![0.0f32, 1.0, -1.0, 2.0], vec![1, 1, 2, 2]));
+    assert_eq!(g.load_stats().conv_affines_folded, 1);
+    assert_eq!(steps, 1, "only the conv should remain");
+    assert_eq!(floats(&out[0]), vec![0.5, 2.5, -1.5, 4.5, 0.5, -2.5, 3.5, -5.5]);
+}
+
+/// Direct NCHW convolution, the definition, for checking Kiln's CPU kernel.
+#[allow(clippy::too_many_arguments)]
+fn conv_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32], stride: usize, dil: usize, pads: [usize; 4], groups: usize) -> (Vec<f32>, [usize; 4]) {
+    let [n, c, h, wd] = xs;
+    let [m, cg, kh, kw] = ws;
+    let oh = (h + pads[0] + pads[2] - dil * (kh - 1) - 1) / stride + 1;
+    let ow = (wd + pads[1] + pads[3] - dil * (kw - 1) - 1) / stride + 1;
+    let mg = m / groups;
+    let mut out = vec![0f32; n * m * oh * ow];
+    for i in 0..n {
+        for co in 0..m {
+            let g = co / mg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b[co];
+                    for ci in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * stride + ky * dil) as isize - pads[0] as isize;
+                                let ix = (ox * stride + kx * dil) as isize - pads[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((i * c + g * cg + ci) * h + iy as usize) * wd + ix as usize];
+                                acc += xv * w[((co * cg + ci) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                    out[((i * m + co) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    (out, [n, m, oh, ow])
+}
+
+#[test]
+fn conv_matches_its_definition() {
+    // (input, weight, stride, dilation, pads t/l/b/r, groups): an RGB stem, a strided grouped
+    // conv, a dilated one with asymmetric pads, a pointwise one, a depthwise one.
+    let cases: &[([usize; 4], [usize; 4], usize, usize, [usize; 4], usize)] = &[
+        ([2, 3, 17, 20], [8, 3, 3, 3], 2, 1, [1, 1, 1, 1], 1),
+        ([1, 4, 9, 11], [6, 2, 3, 3], 2, 1, [1, 1, 1, 1], 2),
+        ([1, 3, 10, 12], [4, 3, 3, 2], 1, 2, [2, 0, 1, 3], 1),
+        ([3, 5, 6, 7], [7, 5, 1, 1], 1, 1, [0, 0, 0, 0], 1),
+        ([1, 6, 9, 9], [6, 1, 5, 5], 2, 1, [2, 2, 2, 2], 6),
+    ];
+    let mut seed = 1u32;
+    let mut rand = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    for &(xs, ws, stride, dil, pads, groups) in cases {
+        let (x, w, bias) = (rand(xs.iter().product()), rand(ws.iter().product()), rand(ws[0]));
+        let (want, os) = conv_reference(&x, xs, &w, ws, &bias, stride, dil, pads, groups);
+        let i64s = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let b = OnnxBuilder::new(17)
+            .input("x", FLOAT, &i64s(&xs))
+            .init_f32("w", &i64s(&ws), &w)
+            .init_f32("b", &[ws[0] as i64], &bias)
+            .node(
+                "Conv",
+                &["x", "w", "b"],
+                &["y"],
+                &[
+                    ("kernel_shape", A::Ints(i64s(&ws[2..]))),
+                    ("strides", A::Ints(vec![stride as i64; 2])),
+                    ("dilations", A::Ints(vec![dil as i64; 2])),
+                    ("pads", A::Ints(i64s(&pads))),
+                    ("group", A::Int(groups as i64)),
+                ],
+            )
+            .output("y", FLOAT, &i64s(&os));
+        let (out, _, _) = run(b, TensorData::new(x, xs.to_vec()));
+        assert_eq!(out[0].shape().as_slice(), os.as_slice(), "case {xs:?} {ws:?}");
+        let got = floats(&out[0]);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?}: off by {worst}");
+    }
+}

@@ -1,5 +1,8 @@
 //! `cargo xtask`: fixtures, the compatibility matrix, and the test command.
 
+mod bench;
+mod bench_report;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,6 +71,58 @@ enum Task {
     /// Load one model and print this process's peak memory (for `compat`'s load_peak_mb).
     #[command(hide = true)]
     LoadProbe { model: PathBuf },
+    /// Time Kiln against ONNX Runtime and PyTorch, and fused against eager (see docs/benchmarks.md).
+    Bench {
+        #[arg(long, value_enum, default_value = "ci")]
+        set: Set,
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Batch for every model (default: 1 for page-level models, 64 for crop-level ones).
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = bench::Engine::ALL)]
+        engines: Vec<bench::Engine>,
+        /// Timed forwards per engine, after warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Threads for every CPU engine (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run wgpu at the CPU shapes (on a real GPU); by default it runs batch 1 and pages at
+        /// 256×256, which software Vulkan finishes in reasonable time.
+        #[arg(long)]
+        wgpu_full: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write the report and its charts (e.g. docs/benchmarks.md).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
+    /// Where one forward's time goes on a backend: per op type and the slowest nodes.
+    Profile {
+        model: String,
+        /// Batch (default: as `bench`).
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long, default_value = "flex")]
+        backend: String,
+        /// Profiled forwards after one warm-up; each step's time is its minimum over them.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// How many of the slowest nodes to list.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+    },
+    /// One Kiln engine of `bench`, answering requests on stdin.
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        mode: String,
+    },
     /// The test command: CI fixtures, then every workspace test.
     Test,
 }
@@ -91,6 +146,38 @@ fn main() -> Result<()> {
             println!("{}", kiln_fixtures::peak_rss_mb().context("no VmHWM on this system")?);
             Ok(())
         }
+        Task::Bench { set, models, batch, engines, runs, warmup, threads, wgpu_full, json, markdown } => {
+            let manifest = Manifest::load(&fixtures_dir())?;
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let python = kiln_fixtures::cache_dir().join("venv/bin/python");
+            let opts = bench::Options {
+                models: selected(set, &models, &manifest),
+                engines,
+                batch,
+                runs,
+                warmup,
+                threads,
+                wgpu_full,
+                python: python.exists().then_some(python),
+                worker_script: repo_root().join("xtask/bench_worker.py"),
+            };
+            let (rows, python_versions) = bench::bench(&manifest, &opts)?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = markdown {
+                let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                bench_report::write(&rows, &bench_report::Machine { command, threads, python_versions }, &path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Task::Profile { model, batch, backend, runs, top } => {
+            let manifest = Manifest::load(&fixtures_dir())?;
+            bench::profile(&manifest, &model, batch, backend.parse()?, runs, top)
+        }
+        Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
         Task::Test => test(),
     }
 }

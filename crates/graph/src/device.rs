@@ -166,6 +166,12 @@ impl LaunchCounter {
     }
 }
 
+/// The adapter's name as the driver reports it (e.g. "llvmpipe (LLVM 15.0.6, 256 bits)" for Mesa's
+/// software Vulkan), so benchmarks can say what they ran on. `None` for flex.
+pub fn adapter_name(device: &Device) -> Option<String> {
+    device.identity().map(|id| id.name)
+}
+
 /// Blocks until the device has run everything queued.
 pub fn sync(device: &Device) -> Result<()> {
     device.sync().map_err(|e| err!(Backend, "device sync failed: {e:?}"))

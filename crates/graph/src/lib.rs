@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use burn_backend::TensorData;
-pub use device::{Backend, LaunchCounter, Mode, open as open_device, process_mode, set_mode, sync};
+pub use device::{Backend, LaunchCounter, Mode, adapter_name, open as open_device, process_mode, set_mode, sync};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Dim, ElemType, OnnxModel, ValueInfo, tensor_from_proto};
 pub use ops::{TypeInfo, is_supported, supported_ops};
-pub use plan::{Plan, RunStats};
+pub use plan::{Plan, RunStats, StepTime};
 
 
 use error::err;
@@ -45,6 +45,10 @@ pub struct LoadStats {
     pub passes_ms: f64,
     pub nodes: usize,
     pub batchnorms_folded: usize,
+    /// HardSwish chains rewritten to one op.
+    pub hardswish_fused: usize,
+    /// Constant scale/shift after a Conv folded into its weights.
+    pub conv_affines_folded: usize,
 }
 
 type PlanKey = (Backend, Mode, Vec<Vec<usize>>);
@@ -76,13 +80,17 @@ impl Graph {
         let t = Instant::now();
         validate_ops(&model.graph).map_err(|e| e.in_model(&model.source))?;
         let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
+        passes::promote_constants(&mut model.graph);
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
+        let fused = passes::fuse_patterns(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
             decode_ms,
             passes_ms: t.elapsed().as_secs_f64() * 1e3,
             nodes: model.graph.nodes.len(),
             batchnorms_folded,
+            hardswish_fused: fused.hardswish,
+            conv_affines_folded: fused.conv_affine,
         };
         tracing::info!(model = %model.source.display(), ?stats, "loaded");
         Ok(Self { model, stats, plans: Mutex::new(HashMap::new()) })

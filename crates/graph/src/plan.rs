@@ -33,6 +33,14 @@ struct PlanStep {
     kernel: Kernel,
 }
 
+/// One step's wall time in [`Plan::profile`].
+#[derive(Debug, Clone)]
+pub struct StepTime {
+    pub node: String,
+    pub op: String,
+    pub ms: f64,
+}
+
 /// Statistics of one forward.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
@@ -149,6 +157,24 @@ impl Plan {
 
     /// Uploads the inputs and queues the forward; outputs stay on the device.
     pub fn forward(&self, inputs: &[TensorData]) -> Result<Vec<T>> {
+        self.forward_observed(inputs, |_| Ok(()))
+    }
+
+    /// Runs the forward with the device synced after every step, timing each: where a forward's
+    /// time goes, per node. Syncing breaks fusion, so on fusing backends this profiles eager work.
+    pub fn profile(&self, inputs: &[TensorData]) -> Result<Vec<StepTime>> {
+        let mut times = vec![];
+        let mut last = std::time::Instant::now();
+        self.forward_observed(inputs, |step| {
+            crate::device::sync(&self.device)?;
+            times.push(StepTime { node: step.node.clone(), op: step.op.clone(), ms: last.elapsed().as_secs_f64() * 1e3 });
+            last = std::time::Instant::now();
+            Ok(())
+        })?;
+        Ok(times)
+    }
+
+    fn forward_observed(&self, inputs: &[TensorData], mut after: impl FnMut(&PlanStep) -> Result<()>) -> Result<Vec<T>> {
         self.check_inputs(inputs)?;
         let mut vals: Vec<Option<T>> = vec![None; self.slots];
         for (s, t) in &self.consts {
@@ -168,6 +194,7 @@ impl Plan {
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| e.at_node(&step.node, &step.op))?;
             let outs = run_guarded(|| (step.kernel)(&self.ctx, args)).map_err(|e| e.at_node(&step.node, &step.op))?;
+            after(step)?;
             for (o, t) in step.outs.iter().zip(outs) {
                 if let Some(o) = o {
                     vals[*o] = Some(t);

@@ -5,6 +5,7 @@ use burn_backend::ops::{ActivationOps, BoolTensorOps, FloatTensorOps, IntTensorO
 use burn_backend::Scalar;
 
 use super::{Input, Lowering, TypeInfo, broadcast, device_dims, input, kernel, opt_input};
+use super::cpu_kernels;
 use crate::error::{Result, bail, err};
 use crate::model::{ElemType, Node};
 use crate::tensor::{B, Ctx, Kind, T, cast, kind, mask_where, reshape, to_rank};
@@ -196,9 +197,12 @@ fn lower_unary(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
             let (a, b) = (node.float("alpha", 0.2)? as f64, node.float("beta", 0.5)? as f64);
             Box::new(move |t| B::hard_sigmoid(t, a.into(), b.into()))
         }
-        "HardSwish" => Box::new(|t: T| {
-            let g = B::hard_sigmoid(t.clone(), (1.0f64 / 6.0).into(), 0.5f64.into());
-            B::float_mul(t, g)
+        "HardSwish" => Box::new(|t: T| match cpu_kernels::map_in_place(t, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0)) {
+            Ok(t) => t,
+            Err(t) => {
+                let g = B::hard_sigmoid(t.clone(), (1.0f64 / 6.0).into(), 0.5f64.into());
+                B::float_mul(t, g)
+            }
         }),
         "LeakyRelu" => {
             let a = node.float("alpha", 0.01)? as f64;

@@ -11,6 +11,7 @@ use super::{
     Input, Lowering, TypeInfo, axis, broadcast, const_floats, const_ints, device_dims, input, kernel, kernel_with,
     opt_input,
 };
+use super::cpu_kernels::{self, ConvGeometry};
 use crate::error::{Result, bail, err};
 use crate::model::{ElemType, Node};
 use crate::tensor::{B, expand, reshape, slice, to_rank};
@@ -186,15 +187,27 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         uses.push(2);
     }
     let one_d = win.one_d;
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+    let geometry = ConvGeometry {
+        input: [x4[0], x4[1], x4[2], x4[3]],
+        output: [out4[0], out4[1], out4[2], out4[3]],
+        kernel: [w4[2], w4[3]],
+        stride: win.stride,
+        dilation: win.dilation,
+        pad: [win.pads[0].0, win.pads[1].0],
+        groups,
+    };
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let b = (v.len() == 3).then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
+        let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
+        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry) {
+            return vec![lift(y)];
+        }
         if let Some(p) = explicit {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
         }
-        let y = B::conv2d(x, w, b, options.clone());
-        vec![if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y }]
+        vec![lift(B::conv2d(x, w, b, options.clone()))]
     })
 }
 

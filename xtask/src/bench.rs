@@ -403,8 +403,18 @@ pub fn profile(manifest: &Manifest, name: &str, batch: Option<usize>, backend: B
             }
         }
     }
+    let mut whole = f64::INFINITY;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        plan.run(std::slice::from_ref(&input))?;
+        whole = whole.min(t.elapsed().as_secs_f64() * 1e3);
+    }
     let total: f64 = best.iter().map(|s| s.ms).sum();
-    println!("{name} {shape:?} on {backend}: {total:.1} ms over {} steps (min per step over {runs} runs)\n", best.len());
+    println!(
+        "{name} {shape:?} on {backend}: {total:.1} ms over {} steps (min per step over {runs} runs); \
+         whole forward {whole:.1} ms\n",
+        best.len()
+    );
     let mut by_op: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
     for s in &best {
         let e = by_op.entry(s.op.as_str()).or_default();

@@ -80,11 +80,6 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         dropped[bi] = true;
         folded += 1;
     }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !dropped[i - 1]
-    });
-    g.initializers.extend(new_inits);
+    super::apply(g, &dropped, new_inits);
     folded
 }

@@ -207,11 +207,6 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
         g.nodes[i] = node;
         dropped[i] = false;
     }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !dropped[i - 1]
-    });
-    g.initializers.extend(new_inits);
+    super::apply(g, &dropped, new_inits);
     fused
 }

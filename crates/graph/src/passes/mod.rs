@@ -12,3 +12,16 @@ pub use promote_constants::promote_constants;
 pub use prune::prune_initializers;
 pub(crate) use specialize::run_guarded;
 pub use specialize::{Program, specialize};
+
+use std::sync::Arc;
+
+use burn_backend::TensorData;
+
+use crate::model::Subgraph;
+
+/// Ends a rewriting pass: drops the marked nodes and adds the initializers the pass made.
+fn apply(g: &mut Subgraph, dropped: &[bool], new_inits: Vec<(String, Arc<TensorData>)>) {
+    let mut keep = dropped.iter().map(|d| !d);
+    g.nodes.retain(|_| keep.next().unwrap_or(true));
+    g.initializers.extend(new_inits);
+}

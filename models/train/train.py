@@ -1,0 +1,469 @@
+"""Trains Kiln's docTR models from random initialisation on synthetic text (synth.py), on the CPU,
+with docTR's own model classes and losses, then exports each to ONNX exactly as
+tests/fixtures/make_fixtures.py does and writes its model card.
+
+    python models/train/train.py --task all --out DIR            # the ~2 h run (README.md)
+    python models/train/train.py --task reco --minutes 1 --out DIR
+
+Data is rendered on the fly, so a time budget (--minutes), not a dataset size, bounds a run: after a
+few calibration steps the run fixes its step count, and that count goes into the card, so that
+`--steps N` with the same seed replays the same data and learning-rate schedule.
+
+Outputs under --out: <name>.pt (state dict), <name>.json (run record), <name>.onnx, <name>.toml.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import synth  # noqa: E402
+
+
+@dataclass
+class Task:
+    arch: str
+    kind: str  # detection | recognition | crop_orientation | page_orientation
+    minutes: float
+    batch: int
+    lr: float
+    log_every: int
+
+
+# Default budgets sum to 112 min on 2 threads; export, validation and start-up take the rest of 2 h.
+TASKS = {
+    "det": Task("db_mobilenet_v3_large", "detection", 50, 4, 1e-3, 10),
+    "reco": Task("crnn_mobilenet_v3_small", "recognition", 38, 64, 1e-3, 25),
+    "crop_orientation": Task("mobilenet_v3_small_crop_orientation", "crop_orientation", 14, 32, 1e-3, 20),
+    "page_orientation": Task("mobilenet_v3_small_page_orientation", "page_orientation", 10, 8, 1e-3, 20),
+}
+WARMUP = 50  # steps of linear warm-up from lr/25
+CALIBRATE = 20  # steps timed before the step count is fixed
+ORIENT_SIZE = {"crop_orientation": 256, "page_orientation": 512}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def versions():
+    import doctr
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    return {
+        "python-doctr": doctr.__version__.lstrip("v"),
+        "torch": torch.__version__.split("+")[0],
+        "torchvision": torchvision.__version__.split("+")[0],
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build(task, exportable=False):
+    from doctr.models import classification, detection, recognition
+
+    t = TASKS[task]
+    if t.kind == "detection":
+        return detection.__dict__[t.arch](pretrained=False, pretrained_backbone=False, exportable=exportable)
+    if t.kind == "recognition":
+        return recognition.__dict__[t.arch](pretrained=False, pretrained_backbone=False, exportable=exportable)
+    return classification.__dict__[t.arch](pretrained=False, exportable=exportable)
+
+
+def input_chw(task, det_size):
+    kind = TASKS[task].kind
+    if kind == "detection":
+        return (3, det_size, det_size)
+    if kind == "recognition":
+        return (3, 32, 128)
+    s = ORIENT_SIZE[kind]
+    return (3, s, s)
+
+
+class Data:
+    """Seeded batches for one task, preprocessed as docTR's predictors preprocess at inference
+    (doctr.transforms.Resize with the predictor's padding, /255, the model's mean and std)."""
+
+    def __init__(self, task, seed, cfg, det_size, det_crop, fonts):
+        from doctr.transforms import Resize
+        from torchvision.transforms import Normalize
+
+        self.task, self.kind = task, TASKS[task].kind
+        self.rng = random.Random(f"{seed}/{task}")
+        self.words = synth.Words(self.rng)
+        self.fonts = fonts
+        self.norm = Normalize(cfg["mean"], cfg["std"])
+        self.det_size, self.det_crop = det_size, det_crop
+        if self.kind == "detection":
+            self.resize = Resize((det_size, det_size), preserve_aspect_ratio=True, symmetric_pad=True)
+        elif self.kind == "recognition":
+            self.resize = Resize((32, 128), preserve_aspect_ratio=True, symmetric_pad=False)
+        else:
+            s = ORIENT_SIZE[self.kind]
+            self.resize = Resize((s, s), preserve_aspect_ratio=True, symmetric_pad=True)
+
+    def _tensor(self, arr, target=None):
+        from doctr.utils import Sample
+
+        s = self.resize(Sample(image=torch.from_numpy(arr).permute(2, 0, 1), target=target))
+        return s.image, s.target
+
+    def _finish(self, images):
+        return self.norm(torch.stack(images).float().div_(255))
+
+    def batch(self, n):
+        return getattr(self, self.kind)(n)
+
+    def recognition(self, n):
+        images, labels = [], []
+        for _ in range(n):
+            word = self.words()
+            font = self.rng.choice(self.fonts)
+            if not synth.renderable(font, word):
+                font = synth.find_font("DejaVuSans.ttf") or font
+            size = int(round(synth.log_uniform(11, 64)(self.rng)))
+            skew = self.rng.uniform(-3, 3) if self.rng.random() < 0.25 else 0.0
+            img, _ = self._tensor(synth.word_crop(self.rng, word, font, size, skew=skew))
+            images.append(img)
+            labels.append(word)
+        return self._finish(images), labels
+
+    def crop_orientation(self, n):
+        images, labels = [], []
+        for _ in range(n):
+            word = self.words()
+            while len(word) < 2:  # a lone character is often symmetric: no orientation to learn
+                word = self.words()
+            font = self.rng.choice(self.fonts)
+            if not synth.renderable(font, word):
+                font = synth.find_font("DejaVuSans.ttf") or font
+            size = int(round(synth.log_uniform(11, 64)(self.rng)))
+            skew = self.rng.uniform(-8, 8) if self.rng.random() < 0.5 else 0.0
+            k = self.rng.randrange(4)
+            img, _ = self._tensor(synth.turn(synth.word_crop(self.rng, word, font, size, skew=skew), k))
+            images.append(img)
+            labels.append(k)
+        return self._finish(images), torch.tensor(labels)
+
+    def page_orientation(self, n):
+        images, labels = [], []
+        for _ in range(n):
+            img, _, _ = synth.train_page(self.rng, self.words, self.fonts, ORIENT_SIZE[self.kind], turns=False,
+                                         long_side=(540, 900), em=(5, 28))
+            k = self.rng.randrange(4)
+            arr = synth.turn(synth.degrade(self.rng, img), k)
+            images.append(self._tensor(arr)[0])
+            labels.append(k)
+        return self._finish(images), torch.tensor(labels)
+
+    def detection(self, n):
+        """`det_crop`-square windows of pages resized to `det_size` as the predictor resizes them
+        (two windows per page); polygons clipped to the window."""
+        import cv2
+        from shapely.geometry import Polygon, box
+
+        images, targets = [], []
+        while len(images) < n:
+            img, polys, _ = synth.train_page(self.rng, self.words, self.fonts, self.det_size)
+            w, h = img.size
+            rel = polys / np.array([w, h], dtype=np.float32)
+            image, rel = self._tensor(synth.degrade(self.rng, img), {"words": np.clip(rel, 0, 1)})
+            absolute = rel["words"] * self.det_size
+            c = self.det_crop
+            for _ in range(min(2, n - len(images))):
+                if len(absolute) and self.rng.random() < 0.85:
+                    cx, cy = absolute[self.rng.randrange(len(absolute))].mean(0)
+                    x0 = int(cx - c / 2 + self.rng.uniform(-c / 3, c / 3))
+                    y0 = int(cy - c / 2 + self.rng.uniform(-c / 3, c / 3))
+                else:
+                    x0, y0 = self.rng.randint(0, self.det_size - c), self.rng.randint(0, self.det_size - c)
+                x0 = min(max(x0, 0), self.det_size - c)
+                y0 = min(max(y0, 0), self.det_size - c)
+                window = box(x0, y0, x0 + c, y0 + c)
+                kept = []
+                for p in absolute:
+                    if p[:, 0].max() <= x0 or p[:, 0].min() >= x0 + c or p[:, 1].max() <= y0 or p[:, 1].min() >= y0 + c:
+                        continue
+                    poly = Polygon(p)
+                    inside = poly.intersection(window)
+                    if inside.is_empty or inside.area < 4:
+                        continue
+                    if inside.area < poly.area - 1e-3:
+                        p = cv2.boxPoints(cv2.minAreaRect(np.asarray(inside.exterior.coords, np.float32)))
+                    kept.append(p - np.array([x0, y0], dtype=np.float32))
+                target = np.clip(np.asarray(kept, np.float32).reshape(-1, 4, 2) / c, 0, 1)
+                images.append(image[:, y0 : y0 + c, x0 : x0 + c])
+                targets.append({"words": target})
+            if len(images) == n and not any(len(t["words"]) for t in targets):
+                # docTR's DBNet loss is undefined for a batch without a single word: draw again.
+                images, targets = [], []
+        return self._finish(images), targets
+
+
+def loss_of(model, kind, x, y):
+    if kind in ("detection", "recognition"):
+        return model(x, y)["loss"]
+    return F.cross_entropy(model(x), y)
+
+
+def lr_at(step, total, base):
+    if step < WARMUP:
+        return base * (1 / 25 + (1 - 1 / 25) * step / WARMUP)
+    frac = min(1.0, (step - WARMUP) / max(1, total - WARMUP))
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@torch.no_grad()
+def validate(kind, model, x, y):
+    """In-distribution check on a fixed batch (another seed): word accuracy, class accuracy or
+    detection loss."""
+    model.eval()
+    if kind == "recognition":
+        preds = [w for w, _ in model(x)["preds"]]
+        out = {"word_accuracy": float(np.mean([p == t for p, t in zip(preds, y)])),
+               "examples": [[t, p] for p, t in zip(preds[:8], y[:8])]}
+    elif kind == "detection":
+        out = {"loss": float(model(x, y)["loss"])}
+    else:
+        out = {"accuracy": float((model(x).argmax(1) == y).float().mean())}
+    model.train()
+    return out
+
+
+def train(task, args, fonts):
+    t = TASKS[task]
+    name = t.arch + args.suffix
+    minutes = args.minutes if args.minutes is not None else t.minutes
+    batch = args.batch or t.batch
+    lr = args.lr or t.lr
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model = build(task)
+    data = Data(task, args.seed, model.cfg, args.det_size, args.det_crop, fonts)
+    val_x, val_y = Data(task, args.seed + 7919, model.cfg, args.det_size, args.det_crop, fonts).batch(
+        8 if t.kind == "detection" else min(256, batch * 8))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=1e-4)
+    log(f"[{task}] {name}: batch {batch}, lr {lr}, "
+        + (f"{args.steps} steps" if args.steps else f"{minutes} min budget") + f", seed {args.seed}")
+
+    total = args.schedule_steps or args.steps  # the schedule's length; None until calibrated
+    stop = args.steps or total
+    start = time.perf_counter()
+    last_log, last_step, ema, images, last_ckpt = start, 0, None, 0, start
+    history = []
+    step = 0
+    while stop is None or step < stop:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, total or 10**9, lr)
+        x, y = data.batch(batch)
+        loss = loss_of(model, t.kind, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        step += 1
+        images += x.shape[0]
+        value = loss.item()
+        if not math.isfinite(value):
+            raise SystemExit(f"[{task}] loss is {value} at step {step}")
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
+        now = time.perf_counter()
+        if total is None and step == CALIBRATE:
+            per_step = (now - start) / step
+            total = max(step + 1, int(minutes * 60 / per_step))
+            stop = total
+            log(f"[{task}] {per_step:.2f} s/step over {step} steps: {total} steps in {minutes} min")
+        if step % (args.log_every or t.log_every) == 0 or step == stop:
+            rate = (step - last_step) * batch / (now - last_log)
+            log(f"[{task}] step {step}/{total or '?'} loss {value:.4f} (ema {ema:.4f}) "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s elapsed {now - start:.0f}s")
+            history.append([step, round(ema, 5), round(now - start, 1)])
+            last_log, last_step = now, step
+        if now - last_ckpt > 600:
+            torch.save(model.state_dict(), out / f"{name}.pt")
+            last_ckpt = now
+        if args.steps is None and now - start > minutes * 60 * 1.15:
+            log(f"[{task}] over budget by 15%: stopping at step {step} of {total}")
+            break
+    wall = time.perf_counter() - start
+    torch.save(model.state_dict(), out / f"{name}.pt")
+    val = validate(t.kind, model, val_x, val_y)
+    log(f"[{task}] done: {step} steps, {images} images, {wall / 60:.1f} min, "
+        f"{images / wall:.1f} img/s; validation {json.dumps(val, ensure_ascii=False)}")
+    record = {
+        "task": task, "arch": t.arch, "name": name, "seed": args.seed, "steps": step, "batch": batch, "lr": lr,
+        "warmup": WARMUP, "minutes_budget": minutes, "wall_s": round(wall, 1), "threads": args.threads,
+        "images_per_s": round(images / wall, 2), "final_loss_ema": ema, "validation": val, "history": history,
+        "det_size": args.det_size, "det_crop": args.det_crop, "fonts": [Path(f).name for f in fonts],
+        "versions": versions(), "argv": sys.argv,
+        "schedule_steps": total, "replay": replay_command(task, args, step, total),
+    }
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    return record
+
+
+def replay_command(task, args, steps, schedule):
+    cmd = f"python models/train/train.py --task {task} --seed {args.seed} --steps {steps}"
+    if schedule != steps:
+        cmd += f" --schedule-steps {schedule}"
+    if args.batch:
+        cmd += f" --batch {args.batch}"
+    if args.lr:
+        cmd += f" --lr {args.lr}"
+    if TASKS[task].kind == "detection":
+        cmd += f" --det-size {args.det_size} --det-crop {args.det_crop}"
+    return cmd
+
+
+def export(task, args):
+    """docTR's exporter as make_fixtures.export_doctr uses it: TorchScript-based, dynamic batch,
+    dynamo=False, dummy input of batch 2. Checks the graph against PyTorch with ONNX Runtime."""
+    import onnxruntime as ort
+    from doctr.models.utils import export_model_to_onnx
+
+    out = Path(args.out)
+    name = TASKS[task].arch + args.suffix
+    chw = input_chw(task, args.det_size)
+    model = build(task, exportable=True)
+    model.load_state_dict(torch.load(out / f"{name}.pt", map_location="cpu"))
+    model = model.eval()
+    with torch.no_grad():
+        path = Path(export_model_to_onnx(model, model_name=str(out / name), dummy_input=torch.rand((2, *chw))))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = torch.rand((1, *chw))
+    with torch.no_grad():
+        ref = model(x)
+    ref = ref["logits"] if isinstance(ref, dict) else ref
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - ref.numpy()).max())
+    log(f"[{task}] exported {path} ({path.stat().st_size / 2**20:.1f} MiB); onnxruntime batch 1 "
+        f"{list(got.shape)}, max |ort - torch| {diff:.2e}")
+    if diff > 1e-3:
+        raise SystemExit(f"[{task}] ONNX Runtime disagrees with PyTorch by {diff}")
+    return path
+
+
+CARD_BODY = {
+    "detection": """arch = "db"
+task = "detection"
+input = {input}
+mean = [0.798, 0.785, 0.772]
+std = [0.264, 0.2749, 0.287]
+channels = "rgb"
+activation = "sigmoid"
+resize = {{ mode = "fixed", symmetric_pad = true }}
+postprocess = {{ bin_thresh = 0.3, box_thresh = 0.1, unclip_ratio = 1.5, morphology = "open3" }}
+""",
+    "recognition": """arch = "crnn"
+task = "recognition"
+input = {input}
+mean = [0.694, 0.695, 0.693]
+std = [0.299, 0.296, 0.301]
+channels = "rgb"
+activation = "softmax"
+resize = {{ mode = "fixed", symmetric_pad = false }}
+vocab = {{ name = "french" }}
+decoder = {{ kind = "ctc", blank = "last", confidence = "min" }}
+split_wide_crops = true
+""",
+    "crop_orientation": """arch = "classifier"
+task = "crop_orientation"
+input = {input}
+mean = [0.694, 0.695, 0.693]
+std = [0.299, 0.296, 0.301]
+channels = "rgb"
+activation = "softmax"
+resize = {{ mode = "fixed", symmetric_pad = true }}
+classes = [0, -90, 180, 90]
+""",
+}
+CARD_BODY["page_orientation"] = CARD_BODY["crop_orientation"].replace("crop_orientation", "page_orientation")
+
+
+def card(task, args, record, onnx_path):
+    t = TASKS[task]
+    v = record["versions"]
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    what = {
+        "detection": f"{args.det_crop}x{args.det_crop} windows of synthetic pages resized to {args.det_size}x{args.det_size}",
+        "recognition": "synthetic word crops at 32x128",
+        "crop_orientation": "synthetic word crops turned 0/90/180/270 degrees, at 256x256",
+        "page_orientation": "synthetic pages turned 0/90/180/270 degrees, at 512x512",
+    }[t.kind]
+    text = (
+        f"# docTR {v['python-doctr']} {t.arch}, trained in Kiln from random initialisation on {what}\n"
+        f"# (models/train/synth.py): {record['steps']} steps of {record['batch']}, seed {record['seed']}, "
+        f"{record['wall_s'] / 60:.0f} min on {record['threads']} CPU threads.\n"
+        f"# Made by: {record['replay']}\n"
+        f"# With python-doctr {v['python-doctr']}, torch {v['torch']}, torchvision {v['torchvision']}, "
+        f"onnx {v['onnx']} (models/train/requirements.txt).\n"
+        f'name = "{record["name"]}"\n'
+        + CARD_BODY[t.kind].format(input=list(input_chw(task, args.det_size)))
+        + f'source = {{ file = "{onnx_path.name}", sha256 = "{sha}" }}\n'
+    )
+    path = Path(args.cards or args.out) / f"{record['name']}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    log(f"[{task}] card {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    ap.add_argument("--minutes", type=float, help="budget per task (default: per-task, 112 min in all)")
+    ap.add_argument("--steps", type=int, help="exact step count instead of a time budget (replays a run)")
+    ap.add_argument("--schedule-steps", type=int, help="learning-rate schedule length, when a run stopped short of it")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cards", help="where to write the model cards (default: --out)")
+    ap.add_argument("--suffix", default="_synth", help="appended to the architecture for the model name")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--log-every", type=int)
+    ap.add_argument("--det-size", type=int, default=1024, help="page size the detector is fed at inference")
+    ap.add_argument("--det-crop", type=int, default=256, help="training window in that page")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--no-font-install", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    if not args.no_font_install:
+        synth.ensure_fonts(log)
+    fonts = synth.fonts(synth.TRAIN_FONTS)
+    if len(fonts) < 4:
+        raise SystemExit("train: fewer than 4 training fonts; install fonts-dejavu fonts-liberation2")
+    log(f"train: {len(fonts)} fonts, versions {versions()}")
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    begin = time.perf_counter()
+    for task in tasks:
+        record = train(task, args, fonts)
+        if not args.no_export:
+            card(task, args, record, export(task, args))
+        log(f"train: {(time.perf_counter() - begin) / 60:.1f} min so far")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 //! Kiln's own kernels for the flex CPU backend, where profiles show Burn's slow for docTR's
 //! graphs: dense 2-D convolution as NCHW im2col in row tiles + `gemm` (Burn runs the RGB stems —
-//! 3 input channels, stride 2 — through scalar strided loops), and element-wise activations in
-//! place (Burn's HardSwish is two passes and an allocation). They read and write flex tensors
+//! 3 input channels, stride 2 — through scalar strided loops), bilinear resizing with the
+//! interpolation weights computed once per row and column (DB's FPN upsampling), and element-wise
+//! activations in place (Burn's HardSwish is two passes and an allocation). They read and write flex tensors
 //! in place; other backends, and tensors flex holds as strided views, keep Burn's ops.
 
 use std::cell::RefCell;
@@ -36,6 +37,49 @@ pub fn map_in_place(t: T, f: impl Fn(f32) -> f32 + Sync) -> Result<T, T> {
         }
         kind => Err(T { kind, autodiff }),
     }
+}
+
+/// Bilinear resize of an NCHW tensor to `size`, with ONNX's `align_corners` or `half_pixel`
+/// coordinates (the latter clamped at the border, as PyTorch and ONNX Runtime do).
+pub fn resize_bilinear(ctx: &Ctx, x: &T, shape: &[usize], size: [usize; 2], align_corners: bool) -> Option<T> {
+    if !enabled() || shape.len() != 4 {
+        return None;
+    }
+    let xs = flex_slice(x)?;
+    let [n, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+    let [oh, ow] = size;
+    if xs.len() != n * c * h * w || h == 0 || w == 0 {
+        return None;
+    }
+    // Source index pairs and the weight of the second, per output coordinate.
+    let taps = |len: usize, out: usize| -> Vec<(usize, usize, f32)> {
+        (0..out)
+            .map(|d| {
+                let src = if align_corners {
+                    if out > 1 { d as f32 * (len - 1) as f32 / (out - 1) as f32 } else { 0.0 }
+                } else {
+                    ((d as f32 + 0.5) * len as f32 / out as f32 - 0.5).max(0.0)
+                };
+                let i0 = (src.floor() as usize).min(len - 1);
+                let i1 = (i0 + 1).min(len - 1);
+                (i0, i1, if i1 == i0 { 0.0 } else { src - i0 as f32 })
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, oh), taps(w, ow));
+    let mut out = vec![0f32; n * c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+        let plane = &xs[p * h * w..(p + 1) * h * w];
+        for (orow, &(y0, y1, wy)) in o.chunks_mut(ow).zip(&ty) {
+            let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
+            for (v, &(x0, x1, wx)) in orow.iter_mut().zip(&tx) {
+                let top = r0[x0] + wx * (r0[x1] - r0[x0]);
+                let bottom = r1[x0] + wx * (r1[x1] - r1[x0]);
+                *v = top + wy * (bottom - top);
+            }
+        }
+    });
+    Some(B::float_from_data(TensorData::new(out, vec![n, c, oh, ow]), &ctx.device))
 }
 
 /// A convolution's geometry, fixed at lowering.

@@ -554,7 +554,13 @@ fn lower_resize(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Low
         other => bail!(UnsupportedAttribute, "Resize mode '{other}'"),
     };
     let size = [out[2], out[3]];
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |_, mut v| {
-        vec![B::interpolate(v.remove(0), size, options.clone())]
+    let bilinear = (mode == "linear").then_some(options.align_corners);
+    let in_shape = xs.clone();
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |ctx, mut v| {
+        let x = v.remove(0);
+        if let Some(y) = bilinear.and_then(|align| cpu_kernels::resize_bilinear(ctx, &x, &in_shape, size, align)) {
+            return vec![y];
+        }
+        vec![B::interpolate(x, size, options.clone())]
     })
 }

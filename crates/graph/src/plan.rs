@@ -162,6 +162,7 @@ impl Plan {
 
     /// Runs the forward with the device synced after every step, timing each: where a forward's
     /// time goes, per node. Syncing breaks fusion, so on fusing backends this profiles eager work.
+    /// The first step's time also holds the input check and upload.
     pub fn profile(&self, inputs: &[TensorData]) -> Result<Vec<StepTime>> {
         let mut times = vec![];
         let mut last = std::time::Instant::now();

@@ -4,15 +4,20 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use kiln::{Error, Model, ModelCard, Options, Predictor};
+use kiln::{Error, Model, ModelCard, Models, Options, Predictor};
 
 fn pages_dir() -> PathBuf {
     kiln_fixtures::fixtures_dir().join("pages")
 }
 
 fn predictor(options: Options) -> Predictor {
-    let load = |name: &str| Model::load(ModelCard::named(name).unwrap(), None).unwrap_or_else(|e| panic!("{e}"));
-    Predictor::new(load("ppocr-v4-det"), load("ppocr-v4-rec"), Some(load("ppocr-v2-cls")), options).unwrap()
+    Predictor::builder()
+        .det("ppocr-v4-det")
+        .reco("ppocr-v4-rec")
+        .crop_orientation("ppocr-v2-cls")
+        .options(options)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Word-multiset F1 between what was read and the truth (lower-cased, split on whitespace).
@@ -204,31 +209,36 @@ fn a_model_in_the_wrong_role_is_refused() {
     assert!(matches!(e, Error::WrongModel { .. }), "{e}");
     // A recogniser passed as the detector.
     let load = |name: &str| Model::load(ModelCard::named(name).unwrap(), None).unwrap();
-    let e = Predictor::new(load("ppocr-v4-rec"), load("ppocr-v4-rec"), None, Options::default()).err().unwrap();
+    let models = Models { det: load("ppocr-v4-rec"), reco: load("ppocr-v4-rec"), crop_orientation: None, page_orientation: None };
+    let e = Predictor::new(models, Options::default()).err().unwrap();
     assert!(matches!(e, Error::WrongModel { .. }), "{e}");
+    // Options that need a classifier refuse to start without one.
+    let models = Models { det: load("ppocr-v4-det"), reco: load("ppocr-v4-rec"), crop_orientation: None, page_orientation: None };
+    let options = Options { assume_straight_pages: false, ..Options::default() };
+    let e = Predictor::new(models, options).err().unwrap();
+    assert!(matches!(e, Error::Options { .. }), "{e}");
 }
 
 /// docTR architectures through the same pipeline (random-init fixture exports: a smoke check —
 /// such detectors see the whole page as one word).
 #[test]
 fn doctr_cards_run_end_to_end() {
-    let load = |name: &str| Model::load(ModelCard::named(name).unwrap(), None).unwrap_or_else(|e| panic!("{e}"));
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-page.png");
     let page = kiln::image_io::load_image(&sample).unwrap();
     for straight in [true, false] {
         let options = Options { assume_straight_pages: straight, ..Options::default() };
-        let p = Predictor::new(
-            load("db_mobilenet_v3_large"),
-            load("crnn_mobilenet_v3_small"),
-            Some(load("mobilenet_v3_small_crop_orientation")),
-            options,
-        )
-        .unwrap();
+        let p = Predictor::builder()
+            .det("db_mobilenet_v3_large")
+            .reco("crnn_mobilenet_v3_small")
+            .crop_orientation("mobilenet_v3_small_crop_orientation")
+            .options(options)
+            .build()
+            .unwrap();
         let doc = p.predict(std::slice::from_ref(&page)).unwrap();
         let words: Vec<_> = doc.pages[0].words().collect();
         assert_eq!(words.len(), 1, "straight={straight}: {words:?}");
         let [x0, y0, x1, y1] = words[0].geometry.bounds();
         assert!(x0 < 0.01 && y0 < 0.01 && x1 > 0.99 && y1 > 0.99, "{:?}", words[0].geometry);
-        assert_eq!(words[0].crop_orientation.value.is_some(), !straight);
+        assert_eq!(words[0].crop_orientation.confidence.is_some(), !straight, "docTR: class 0 without confidence on straight pages");
     }
 }

@@ -56,6 +56,45 @@ def load(task, weights, suffix, det_size=None):
     return model.eval()
 
 
+def load_onnx(models_dir, suffix, threads):
+    """The cards' bundled ONNX files in docTR's model objects (tests/fixtures/doctr_onnx.py)."""
+    import tomllib
+
+    sys.path.insert(0, str(HERE.parent.parent / "tests" / "fixtures"))
+    import doctr_onnx
+
+    def path(task):
+        card = tomllib.loads((models_dir / f"{train.TASKS[task].arch}{suffix}.toml").read_text())
+        return models_dir / card["source"]["bundled"]
+
+    return {
+        "det": doctr_onnx.detection(train.TASKS["det"].arch, path("det"), threads),
+        "reco": doctr_onnx.recognition(train.TASKS["reco"].arch, path("reco"), threads),
+        "crop_orientation": doctr_onnx.classifier(train.TASKS["crop_orientation"].arch, path("crop_orientation"),
+                                                  threads),
+        "page_orientation": doctr_onnx.classifier(train.TASKS["page_orientation"].arch, path("page_orientation"),
+                                                  threads),
+    }
+
+
+def dump_case(dump, type_name, i, pg, page, straight, straighten):
+    """A page as PNG and docTR's reading of it, in tests/fixtures/make_predictions.py's format."""
+    from PIL import Image
+
+    file = f"{type_name}_{i}.png"
+    Image.fromarray(pg["image"]).save(dump / file)
+    mode = "straight" if straight else ("straighten" if straighten else "rotated")
+    options = {"assume_straight_pages": straight}
+    if straighten:
+        options.update(straighten_pages=True, detect_orientation=True)
+    words = [{"value": w.value, "confidence": float(w.confidence),
+              "geometry": np.asarray(w.geometry, dtype=np.float64).tolist()}
+             for b in page.blocks for ln in b.lines for w in ln.words]
+    return {"page": f"{dump.name}/{file}", "type": type_name, "mode": mode, "options": options,
+            "truth": pg["words"], "dimensions": list(page.dimensions), "orientation": page.orientation,
+            "words": words}
+
+
 def predictor(models, assume_straight, straighten):
     from doctr.models import crop_orientation_predictor, ocr_predictor, page_orientation_predictor
 
@@ -63,7 +102,8 @@ def predictor(models, assume_straight, straighten):
     # they are disabled; ours are put in their place afterwards.
     p = ocr_predictor(det_arch=models["det"], reco_arch=models["reco"], pretrained=False,
                       assume_straight_pages=assume_straight, straighten_pages=straighten,
-                      disable_crop_orientation=True, disable_page_orientation=True)
+                      detect_orientation=straighten, disable_crop_orientation=True,
+                      disable_page_orientation=True)
     if not assume_straight:
         p.crop_orientation_predictor = crop_orientation_predictor(models["crop_orientation"])
         p._crop_orientation_disabled = False
@@ -137,7 +177,11 @@ def classifier_accuracy(models, seed, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", required=True, help="train.py's --out directory")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="train.py's --out directory (PyTorch checkpoints)")
+    src.add_argument("--onnx", help="a models/ directory: the cards' bundled ONNX files, served by ONNX Runtime")
+    ap.add_argument("--dump", help="also write the pages and docTR's words here, for Kiln's comparison "
+                                   "(KILN_PREDICTIONS=DIR cargo test --release --test doctr_predictor)")
     ap.add_argument("--suffix", default="_synth")
     ap.add_argument("--pages", type=int, default=10, help="pages per page type")
     ap.add_argument("--seed", type=int, default=20250601)
@@ -153,7 +197,14 @@ def main():
     torch.set_num_interop_threads(1)
     if not args.no_font_install:
         synth.ensure_fonts(log)
-    models = {t: load(t, args.weights, args.suffix, args.det_size) for t in train.TASKS}
+    if args.onnx:
+        models = load_onnx(Path(args.onnx), args.suffix, args.threads)
+    else:
+        models = {t: load(t, args.weights, args.suffix, args.det_size) for t in train.TASKS}
+    dump = Path(args.dump) if args.dump else None
+    dumped = []
+    if dump:
+        dump.mkdir(parents=True, exist_ok=True)
     modes = MODES + (STRAIGHTEN_MODES if args.straighten else [])
     if args.types:
         keep = set(args.types.split(","))
@@ -171,6 +222,8 @@ def main():
         for i, pg in enumerate(make_pages(args.seed, args.pages, turn)):
             doc = ocr([pg["image"]])
             pred = [w.value for b in doc.pages[0].blocks for ln in b.lines for w in ln.words]
+            if dump:
+                dumped.append(dump_case(dump, name, i, pg, doc.pages[0], straight, straighten))
             t, score = f1(pred, pg["words"])
             tp, n_pred, n_true = tp + t, n_pred + len(pred), n_true + len(pg["words"])
             scores.append(score)
@@ -191,7 +244,10 @@ def main():
     log(f"{'classifiers':>20}: crop orientation {classifiers['crop_orientation_accuracy']:.3f} "
         f"on {classifiers['crop_samples']} crops, page orientation "
         f"{classifiers['page_orientation_accuracy']:.3f} on {classifiers['page_samples']} pages")
-    out = Path(args.json or Path(args.weights) / "eval.json")
+    if dump:
+        (dump / "index.json").write_text(json.dumps({"seed": args.seed, "cases": dumped}, indent=1))
+        log(f"evaluate: wrote {dump / 'index.json'}")
+    out = Path(args.json or Path(args.weights or ".") / "eval.json")
     out.write_text(json.dumps({"seed": args.seed, "pages_per_type": args.pages, "summary": summary,
                                "classifiers": classifiers, "pages": results}, indent=1, ensure_ascii=False))
     log(f"evaluate: wrote {out}")

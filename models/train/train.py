@@ -420,7 +420,7 @@ def card(task, args, record, onnx_path):
         f"onnx {v['onnx']} (models/train/requirements.txt).\n"
         f'name = "{record["name"]}"\n'
         + CARD_BODY[t.kind].format(input=list(input_chw(task, args.det_size)))
-        + f'source = {{ file = "{onnx_path.name}", sha256 = "{sha}" }}\n'
+        + f'source = {{ bundled = "onnx/{onnx_path.name}", sha256 = "{sha}" }}\n'
     )
     path = Path(args.cards or args.out) / f"{record['name']}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,11 @@ fn main() -> Result<()> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
+    // `cargo xtask` sets the variable at run time; a binary built in another checkout that shares
+    // the target dir would otherwise work on that checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest = manifest.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("xtask lives in the repo").to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -231,6 +235,15 @@ fn fixtures(set: Set, models: &[String]) -> Result<()> {
     run(script("make_pages.py").arg("--out").arg(dir.join("pages")))?;
     // docTR's own post-processing on inputs derived from those pages, for the golden tests.
     run(script("make_goldens.py").arg("--pages").arg(dir.join("pages")).arg("--out").arg(dir.join("goldens")))?;
+    // docTR's Python ocr_predictor on those pages with Kiln's default models, for the
+    // Kiln-vs-docTR test.
+    run(script("make_predictions.py")
+        .arg("--pages")
+        .arg(dir.join("pages"))
+        .arg("--models")
+        .arg(repo_root().join("models"))
+        .arg("--out")
+        .arg(dir.join("predictions")))?;
     // ONNX's own node tests, for the conformance test.
     run(script("make_node_tests.py").arg("--out").arg(dir.join("onnx-node")))
 }

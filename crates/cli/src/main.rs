@@ -67,26 +67,49 @@ struct OcrArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Detection model: a card name (`kiln models`) or a local ONNX file.
-    #[arg(long, default_value = "ppocr-v4-det")]
+    #[arg(long, default_value = kiln::DEFAULT_DET)]
     det: String,
     /// The card describing a local --det file.
-    #[arg(long, default_value = "ppocr-v4-det")]
+    #[arg(long, default_value = kiln::DEFAULT_DET)]
     det_card: String,
     /// Recognition model: a card name or a local ONNX file.
-    #[arg(long, default_value = "ppocr-v4-rec")]
+    #[arg(long, default_value = kiln::DEFAULT_RECO)]
     reco: String,
     /// The card describing a local --reco file.
-    #[arg(long, default_value = "ppocr-v4-rec")]
+    #[arg(long, default_value = kiln::DEFAULT_RECO)]
     reco_card: String,
-    /// Crop orientation model used with --rotated: a card name or a local ONNX file.
-    #[arg(long, default_value = "ppocr-v2-cls")]
+    /// Crop orientation model, used with --rotated: a card name or a local ONNX file.
+    #[arg(long, default_value = kiln::DEFAULT_CROP_ORIENTATION)]
     crop_orientation: String,
-    #[arg(long, default_value = "ppocr-v2-cls")]
+    #[arg(long, default_value = kiln::DEFAULT_CROP_ORIENTATION)]
     crop_orientation_card: String,
+    /// Page orientation model, used with --straighten and --detect-orientation.
+    #[arg(long, default_value = kiln::DEFAULT_PAGE_ORIENTATION)]
+    page_orientation: String,
+    #[arg(long, default_value = kiln::DEFAULT_PAGE_ORIENTATION)]
+    page_orientation_card: String,
     /// Pages may be rotated: fit rotated boxes and turn crops upright (docTR's
     /// `assume_straight_pages=False`).
     #[arg(long)]
     rotated: bool,
+    /// Estimate each page's angle, turn it straight and read it again (`straighten_pages`).
+    #[arg(long)]
+    straighten: bool,
+    /// Report each page's estimated angle (`detect_orientation`).
+    #[arg(long)]
+    detect_orientation: bool,
+    /// Treat pages as upright: no page classifier, rotated boxes cropped as horizontal ones.
+    #[arg(long)]
+    disable_page_orientation: bool,
+    /// Read crops as they are, without the crop classifier.
+    #[arg(long)]
+    disable_crop_orientation: bool,
+    /// Stretch pages to the detector's input instead of keeping their aspect ratio.
+    #[arg(long)]
+    no_preserve_aspect_ratio: bool,
+    /// Pad detector inputs at the bottom and right instead of on both sides.
+    #[arg(long)]
+    no_symmetric_pad: bool,
     /// With --rotated, still export straight boxes.
     #[arg(long)]
     straight_boxes: bool,
@@ -109,6 +132,9 @@ struct OcrArgs {
     /// One line per page instead of resolving lines from the boxes.
     #[arg(long)]
     no_resolve_lines: bool,
+    /// Group lines into blocks (docTR's `resolve_blocks`).
+    #[arg(long)]
+    resolve_blocks: bool,
     /// Relative gap that always splits a line (docTR's `paragraph_break`).
     #[arg(long, default_value_t = 0.035)]
     paragraph_break: f32,
@@ -127,23 +153,26 @@ struct OcrArgs {
 }
 
 /// A model given as a card name or a local file described by a card.
-fn load_model(spec: &str, card: &str) -> Result<kiln::Model> {
+fn source(spec: &str, card: &str) -> kiln::ModelSource {
     let as_path = Path::new(spec);
     if as_path.extension().is_some_and(|e| e == "onnx") || as_path.is_file() {
-        Ok(kiln::Model::load(kiln::ModelCard::named(card)?, Some(as_path))?)
+        kiln::ModelSource::File { path: as_path.to_path_buf(), card: card.to_string() }
     } else {
-        Ok(kiln::Model::load(kiln::ModelCard::named(spec)?, None)?)
+        kiln::ModelSource::Named(spec.to_string())
     }
 }
 
 fn ocr(args: OcrArgs) -> Result<()> {
-    let det = load_model(&args.det, &args.det_card)?;
-    let reco = load_model(&args.reco, &args.reco_card)?;
-    let cls = if args.rotated { Some(load_model(&args.crop_orientation, &args.crop_orientation_card)?) } else { None };
     let options = kiln::Options {
         backend: args.backend,
         mode: args.mode,
         assume_straight_pages: !args.rotated,
+        straighten_pages: args.straighten,
+        detect_orientation: args.detect_orientation,
+        preserve_aspect_ratio: !args.no_preserve_aspect_ratio,
+        symmetric_pad: args.no_symmetric_pad.then_some(false),
+        disable_page_orientation: args.disable_page_orientation,
+        disable_crop_orientation: args.disable_crop_orientation,
         export_as_straight_boxes: args.straight_boxes,
         bin_thresh: args.bin_thresh,
         box_thresh: args.box_thresh,
@@ -151,10 +180,17 @@ fn ocr(args: OcrArgs) -> Result<()> {
         reco_bs: args.reco_bs,
         builder: kiln::builder::BuilderOptions {
             resolve_lines: !args.no_resolve_lines,
+            resolve_blocks: args.resolve_blocks,
             paragraph_break: args.paragraph_break,
         },
     };
-    let predictor = kiln::Predictor::new(det, reco, cls, options)?;
+    let predictor = kiln::Predictor::builder()
+        .det(source(&args.det, &args.det_card))
+        .reco(source(&args.reco, &args.reco_card))
+        .crop_orientation(source(&args.crop_orientation, &args.crop_orientation_card))
+        .page_orientation(source(&args.page_orientation, &args.page_orientation_card))
+        .options(options)
+        .build()?;
     let bar = indicatif::ProgressBar::new(args.files.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} pages {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

@@ -39,8 +39,13 @@ pub enum Activation {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Resize {
-    /// docTR: to the card's input size, aspect ratio kept, zero padding (symmetric or bottom-right).
-    Fixed { symmetric_pad: bool },
+    /// docTR: to the card's input size, aspect ratio kept (unless told otherwise), zero padding
+    /// (symmetric or bottom-right).
+    Fixed {
+        symmetric_pad: bool,
+        #[serde(default = "yes")]
+        preserve_aspect_ratio: bool,
+    },
     /// PaddleOCR detection: scale so the `limit_type` side meets `limit`, round to `multiple`;
     /// RapidOCR first shrinks pages whose longer side exceeds `max_side`.
     SideLimit {
@@ -152,6 +157,8 @@ pub struct Source {
     pub fixture: Option<String>,
     pub package: Option<String>,
     pub file: Option<String>,
+    /// Path of an ONNX file shipped in the repository, relative to `models/`.
+    pub bundled: Option<String>,
     pub url: Option<String>,
     pub sha256: Option<String>,
 }
@@ -238,11 +245,14 @@ impl ModelCard {
     }
 
     /// Where the ONNX file is on this machine, if anywhere: `$KILN_MODELS/<name>.onnx`, then the
-    /// fixtures cache that `cargo xtask fixtures` fills.
+    /// file shipped in `models/`, then the fixtures cache that `cargo xtask fixtures` fills.
     pub fn locate(&self) -> Result<PathBuf> {
         let mut tried = vec![];
         if let Some(dir) = std::env::var_os("KILN_MODELS") {
             tried.push(PathBuf::from(dir).join(format!("{}.onnx", self.name)));
+        }
+        if let Some(bundled) = &self.source.bundled {
+            tried.push(models_dir().join(bundled));
         }
         if let Some(fixture) = &self.source.fixture {
             for dir in fixture_dirs() {
@@ -263,6 +273,11 @@ impl ModelCard {
             hint: format!("looked in {looked}; {how}, or pass a local ONNX file (e.g. --det model.onnx)"),
         })
     }
+}
+
+/// The repository's `models/` directory, where shipped ONNX files live.
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
 }
 
 /// Candidate fixture caches, most specific first.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
-use crate::geometry::Geometry;
+use crate::geometry::{Geometry, enclosing_rotated};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Document {
@@ -85,9 +85,11 @@ impl Line {
 }
 
 impl Block {
+    /// A block around its lines' words: enclosing geometry, mean objectness of the words.
     pub fn new(lines: Vec<Line>) -> Self {
-        let geometry = enclosing(lines.iter().map(|l| &l.geometry));
-        let objectness_score = mean(lines.iter().map(|l| l.objectness_score));
+        let words = || lines.iter().flat_map(|l| &l.words);
+        let geometry = enclosing(words().map(|w| &w.geometry));
+        let objectness_score = mean(words().map(|w| w.objectness_score));
         Block { geometry, objectness_score, lines, artefacts: vec![] }
     }
 
@@ -184,18 +186,17 @@ fn mean(it: impl Iterator<Item = f32>) -> f32 {
     if n == 0 { 0.0 } else { s / n as f32 }
 }
 
-/// Smallest enclosing straight box of straight children; for rotated children, the enclosing
-/// box's corners (docTR fits a minimum-area rectangle; an upright one is used here).
-fn enclosing<'a>(children: impl Iterator<Item = &'a Geometry>) -> Geometry {
-    let mut rotated = false;
+/// docTR's enclosing geometry: the smallest straight box around straight children; around
+/// rotated children, the minimum-area rectangle (`resolve_enclosing_rbbox`).
+pub(crate) fn enclosing<'a>(children: impl Iterator<Item = &'a Geometry> + Clone) -> Geometry {
     let mut b = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
-    for g in children {
-        rotated |= matches!(g, Geometry::Rotated(_));
+    for g in children.clone() {
         let [x0, y0, x1, y1] = g.bounds();
         b = [b[0].min(x0), b[1].min(y0), b[2].max(x1), b[3].max(y1)];
     }
-    if rotated {
-        Geometry::Rotated([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]])
+    if children.clone().any(|g| matches!(g, Geometry::Rotated(_))) {
+        let corners = children.flat_map(|g| g.corners());
+        Geometry::Rotated(enclosing_rotated(corners).unwrap_or([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]))
     } else {
         Geometry::Straight(b)
     }

@@ -16,6 +16,8 @@ pub enum Error {
     ModelMissing { card: String, hint: String },
     #[error("model '{card}' does not fit its task: {reason}")]
     WrongModel { card: String, reason: String },
+    #[error("predictor options: {reason}")]
+    Options { reason: String },
     #[error(transparent)]
     Graph(#[from] kiln_graph::Error),
     #[error("{path}: {source}")]

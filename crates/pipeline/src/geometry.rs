@@ -1,5 +1,6 @@
 //! Box geometry in docTR's conventions (coordinates relative to the page, in [0, 1]) and crops.
 
+use geo::{Coord, MinimumRotatedRect, MultiPoint, Point};
 use image::{Rgb, RgbImage};
 use imageproc::geometric_transformations::{Interpolation, Projection, warp_into};
 
@@ -24,6 +25,14 @@ impl Geometry {
                 let max = |v: [f32; 4]| v.into_iter().fold(f32::MIN, f32::max);
                 [min(xs), min(ys), max(xs), max(ys)]
             }
+        }
+    }
+
+    /// The four corners, TL, TR, BR, BL for a straight box.
+    pub fn corners(&self) -> [[f32; 2]; 4] {
+        match *self {
+            Geometry::Straight([x0, y0, x1, y1]) => [[x0, y0], [x1, y0], [x1, y1], [x0, y1]],
+            Geometry::Rotated(p) => p,
         }
     }
 
@@ -58,6 +67,31 @@ pub fn order_points(pts: [(f64, f64); 4]) -> [(f64, f64); 4] {
         p.rotate_right(1);
     }
     [p[0], p[1], p[2], p[3]]
+}
+
+/// Corners and the lengths of the first two sides.
+pub type Rect = ([(f64, f64); 4], f64, f64);
+
+/// A minimum-area rectangle around `pts`.
+pub fn min_area_rect(pts: &[(f64, f64)]) -> Option<Rect> {
+    let mp: MultiPoint<f64> = pts.iter().map(|&(x, y)| Point::new(x, y)).collect();
+    let rect = mp.minimum_rotated_rect()?;
+    let c: Vec<Coord<f64>> = rect.exterior().0.clone();
+    if c.len() < 4 {
+        return None;
+    }
+    let corners = [(c[0].x, c[0].y), (c[1].x, c[1].y), (c[2].x, c[2].y), (c[3].x, c[3].y)];
+    let side = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    Some((corners, side(corners[0], corners[1]), side(corners[1], corners[2])))
+}
+
+/// docTR's `resolve_enclosing_rbbox`: the minimum-area rectangle around every corner of the
+/// children, fitted at 1024× scale, corners ordered TL, TR, BR, BL.
+pub fn enclosing_rotated(points: impl Iterator<Item = [f32; 2]>) -> Option<[[f32; 2]; 4]> {
+    const SCALE: f64 = 1024.0;
+    let pts: Vec<(f64, f64)> = points.map(|[x, y]| (x as f64 * SCALE, y as f64 * SCALE)).collect();
+    let (corners, _, _) = min_area_rect(&pts)?;
+    Some(order_points(corners).map(|(x, y)| [(x / SCALE) as f32, (y / SCALE) as f32]))
 }
 
 /// Maps a box found on a padded square model input back to the page (docTR's `_remove_padding`):
@@ -112,6 +146,34 @@ pub fn rotated_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
     let mut out = RgbImage::new(cw, ch);
     // warp_into expects the map from source to destination.
     warp_into(page, &to_source.invert(), Interpolation::Bilinear, Rgb([0, 0, 0]), &mut out);
+    Some(out)
+}
+
+/// docTR's `extract_rcrops(assume_horizontal=True)`, used when pages are known upright: the
+/// corners left of the centroid give top-left and bottom-left (by y), the others top-right and
+/// bottom-right, and a perspective warp maps them onto an upright rectangle.
+pub fn horizontal_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
+    let (w, h) = (page.width() as f32, page.height() as f32);
+    let abs = p.map(|[x, y]| (x * w, y * h));
+    let cx = abs.iter().map(|q| q.0).sum::<f32>() / 4.0;
+    let by_y = |mut v: Vec<(f32, f32)>| {
+        v.sort_by(|a, b| a.1.total_cmp(&b.1));
+        v
+    };
+    let left = by_y(abs.iter().copied().filter(|q| q.0 < cx).collect());
+    let right = by_y(abs.iter().copied().filter(|q| q.0 >= cx).collect());
+    let (tl, bl) = (*left.first()?, *left.last()?);
+    let (tr, br) = (*right.first()?, *right.last()?);
+    let dist = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let cw = (dist(tr, tl) as u32).max(dist(br, bl) as u32);
+    let ch = (dist(bl, tl) as u32).max(dist(br, tr) as u32);
+    if cw < 1 || ch < 1 {
+        return None;
+    }
+    let (xw, yh) = ((cw - 1) as f32, (ch - 1) as f32);
+    let to_crop = Projection::from_control_points([tl, bl, tr, br], [(0.0, 0.0), (0.0, yh), (xw, 0.0), (xw, yh)])?;
+    let mut out = RgbImage::new(cw, ch);
+    warp_into(page, &to_crop, Interpolation::Bilinear, Rgb([0, 0, 0]), &mut out);
     Some(out)
 }
 

@@ -1,10 +1,8 @@
 //! Kiln's OCR pipeline: docTR's `ocr_predictor` on models compiled by kiln-graph.
 //!
 //! ```no_run
-//! use kiln::{Model, ModelCard, Options, Predictor};
-//! let det = Model::load(ModelCard::named("ppocr-v4-det")?, None)?;
-//! let reco = Model::load(ModelCard::named("ppocr-v4-rec")?, None)?;
-//! let predictor = Predictor::new(det, reco, None, Options::default())?;
+//! // Kiln's default docTR models; `.det("db_resnet50")`, `.reco("ppocr-v4-rec")`, … pick others.
+//! let predictor = kiln::Predictor::builder().assume_straight_pages(false).build()?;
 //! let page = kiln::image_io::load_image("page.png".as_ref())?;
 //! println!("{}", predictor.predict(&[page])?.render());
 //! # Ok::<(), kiln::Error>(())
@@ -19,6 +17,7 @@ pub mod image_io;
 pub mod overlay;
 pub mod pdf;
 pub mod postprocess;
+pub mod orientation;
 mod predictor;
 pub mod preprocess;
 pub mod vocabs;
@@ -27,4 +26,7 @@ pub use card::ModelCard;
 pub use document::Document;
 pub use error::{Error, Result};
 pub use kiln_graph::{Backend, Mode};
-pub use predictor::{Model, Options, Predictor};
+pub use predictor::{
+    DEFAULT_CROP_ORIENTATION, DEFAULT_DET, DEFAULT_PAGE_ORIENTATION, DEFAULT_RECO, Model, ModelSource, Models, Options,
+    Predictor, PredictorBuilder,
+};

@@ -56,7 +56,8 @@ pub fn prepare(card: &ModelCard, img: &RgbImage, height: usize, width: usize) ->
     let (h, w) = (img.height() as usize, img.width() as usize);
     // (content rows, content cols, top, left, padding value in normalised space?)
     let (ch, cw, top, left, pad_normalised_zero) = match &card.resize {
-        Resize::Fixed { symmetric_pad } => {
+        Resize::Fixed { preserve_aspect_ratio: false, .. } => (height, width, 0, 0, false),
+        Resize::Fixed { symmetric_pad, .. } => {
             // docTR: keep the aspect ratio, int() truncation, at least one pixel.
             let (target, actual) = (height as f64 / width as f64, h as f64 / w as f64);
             let (ch, cw) = if actual > target {

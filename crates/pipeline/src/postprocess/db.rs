@@ -4,13 +4,13 @@
 //! `area · ratio / perimeter` with a round-joined polygon offset (geo's `Buffer`, the counterpart
 //! of pyclipper's JT_ROUND), and fit a straight or minimum-area rotated box.
 
-use geo::{Area, BoundingRect, Buffer, Coord, LineString, MinimumRotatedRect, MultiPoint, Point, Polygon};
+use geo::{Area, BoundingRect, Buffer, LineString, Point, Polygon};
 use image::{GrayImage, Luma};
 use imageproc::contours::{BorderType, find_contours};
 use imageproc::distance_transform::Norm;
 
 use crate::card::{Morphology, PostProcess};
-use crate::geometry::{Geometry, order_points};
+use crate::geometry::{Geometry, min_area_rect, order_points};
 
 /// Contours whose bounding box is thinner than this (pixels) are noise.
 const MIN_SIZE_BOX: f64 = 2.0;
@@ -141,22 +141,6 @@ fn straight_box(
         geometry: Geometry::Straight([rel(gx0, fw), rel(gy0, fh), rel(gx0 + gw, fw), rel(gy0 + gh, fh)]),
         score,
     })
-}
-
-/// Corners and the lengths of the first two sides.
-type Rect = ([(f64, f64); 4], f64, f64);
-
-/// A minimum-area rectangle around `pts`.
-fn min_area_rect(pts: &[(f64, f64)]) -> Option<Rect> {
-    let mp: MultiPoint<f64> = pts.iter().map(|&(x, y)| Point::new(x, y)).collect();
-    let rect = mp.minimum_rotated_rect()?;
-    let c: Vec<Coord<f64>> = rect.exterior().0.clone();
-    if c.len() < 4 {
-        return None;
-    }
-    let corners = [(c[0].x, c[0].y), (c[1].x, c[1].y), (c[2].x, c[2].y), (c[3].x, c[3].y)];
-    let side = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
-    Some((corners, side(corners[0], corners[1]), side(corners[1], corners[2])))
 }
 
 fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], params: &PostProcess) -> Option<Detection> {

@@ -227,10 +227,15 @@ fn doctr_cards_run_end_to_end() {
     let page = kiln::image_io::load_image(&sample).unwrap();
     for straight in [true, false] {
         let options = Options { assume_straight_pages: straight, ..Options::default() };
+        // By name these cards download docTR's official weights; the tests run the fixtures.
+        let fixture = |name: &str| kiln::ModelSource::File {
+            path: ModelCard::named(name).unwrap().fixture_path().expect("run `cargo xtask fixtures`"),
+            card: name.into(),
+        };
         let p = Predictor::builder()
-            .det("db_mobilenet_v3_large")
-            .reco("crnn_mobilenet_v3_small")
-            .crop_orientation("mobilenet_v3_small_crop_orientation")
+            .det(fixture("db_mobilenet_v3_large"))
+            .reco(fixture("crnn_mobilenet_v3_small"))
+            .crop_orientation(fixture("mobilenet_v3_small_crop_orientation"))
             .options(options)
             .build()
             .unwrap();

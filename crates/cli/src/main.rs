@@ -266,9 +266,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn models() -> Result<()> {
     let mut out = String::new();
     for card in kiln::ModelCard::all()? {
-        let place = match card.locate() {
-            Ok(p) => p.display().to_string(),
-            Err(_) => "not available (cargo xtask fixtures)".to_string(),
+        let place = match (card.locate(), &card.source.url) {
+            (Ok(p), _) => p.display().to_string(),
+            (Err(_), Some(url)) => format!("downloads when used from {url}"),
+            (Err(_), None) => "not available (cargo xtask fixtures)".to_string(),
         };
         outln!(out, "{:<38} {:<18} {:<10} {}", card.name, format!("{:?}", card.task), card.arch, place);
     }

@@ -159,7 +159,10 @@ pub struct Source {
     pub file: Option<String>,
     /// Path of an ONNX file shipped in the repository, relative to `models/`.
     pub bundled: Option<String>,
+    /// Official weights to download when the model is used by name.
     pub url: Option<String>,
+    /// The file's sha256: the full digest, or its leading hex digits (docTR's and OnnxTR's
+    /// release file names carry the first eight).
     pub sha256: Option<String>,
 }
 
@@ -244,8 +247,9 @@ impl ModelCard {
         }
     }
 
-    /// Where the ONNX file is on this machine, if anywhere: `$KILN_MODELS/<name>.onnx`, then the
-    /// file shipped in `models/`, then the fixtures cache that `cargo xtask fixtures` fills.
+    /// Where the ONNX file is on this machine, if anywhere: `$KILN_MODELS/<name>.onnx`, the file
+    /// shipped in `models/`, the download cache; for cards without a download (PP-OCR, whose
+    /// source is a PyPI wheel), the fixtures cache that `cargo xtask fixtures` fills.
     pub fn locate(&self) -> Result<PathBuf> {
         let mut tried = vec![];
         if let Some(dir) = std::env::var_os("KILN_MODELS") {
@@ -254,7 +258,9 @@ impl ModelCard {
         if let Some(bundled) = &self.source.bundled {
             tried.push(models_dir().join(bundled));
         }
-        if let Some(fixture) = &self.source.fixture {
+        if self.source.url.is_some() {
+            tried.push(crate::download::cached_path(self));
+        } else if let Some(fixture) = &self.source.fixture {
             for dir in fixture_dirs() {
                 tried.push(dir.join(fixture).join("model.onnx"));
             }
@@ -264,14 +270,30 @@ impl ModelCard {
         }
         let looked = tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         let how = match (&self.source.fixture, &self.source.url) {
-            (Some(_), _) => "run `cargo xtask fixtures` to make it".to_string(),
-            (None, Some(url)) => format!("download {url}"),
+            (_, Some(url)) => format!("it downloads from {url} when used"),
+            (Some(_), None) => "run `cargo xtask fixtures` to make it".to_string(),
             (None, None) => "no source is known".to_string(),
         };
         Err(Error::ModelMissing {
             card: self.name.clone(),
             hint: format!("looked in {looked}; {how}, or pass a local ONNX file (e.g. --det model.onnx)"),
         })
+    }
+
+    /// The model's file: found locally, else downloaded from the card's `url`.
+    pub fn locate_or_fetch(&self) -> Result<PathBuf> {
+        match self.locate() {
+            Ok(p) => Ok(p),
+            Err(_) if self.source.url.is_some() => crate::download::fetch(self),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The random-init export `cargo xtask fixtures` made of this architecture, if any: what
+    /// Kiln's parity and pipeline tests run.
+    pub fn fixture_path(&self) -> Option<PathBuf> {
+        let fixture = self.source.fixture.as_ref()?;
+        fixture_dirs().into_iter().map(|d| d.join(fixture).join("model.onnx")).find(|p| p.is_file())
     }
 }
 

@@ -16,6 +16,8 @@ pub enum Error {
     ModelMissing { card: String, hint: String },
     #[error("model '{card}' does not fit its task: {reason}")]
     WrongModel { card: String, reason: String },
+    #[error("model '{card}': downloading {url} failed: {reason}; {hint}")]
+    Download { card: String, url: String, reason: String, hint: String },
     #[error("predictor options: {reason}")]
     Options { reason: String },
     #[error(transparent)]

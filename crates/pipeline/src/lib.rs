@@ -11,6 +11,7 @@
 pub mod builder;
 pub mod card;
 pub mod document;
+pub mod download;
 mod error;
 pub mod geometry;
 pub mod image_io;

@@ -25,11 +25,12 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads the card's model from `path`, or from where the card says it lives.
+    /// Loads the card's model from `path`, or from where the card says it lives (downloading
+    /// official weights the first time).
     pub fn load(card: ModelCard, path: Option<&Path>) -> Result<Self> {
         let path: PathBuf = match path {
             Some(p) => p.to_path_buf(),
-            None => card.locate()?,
+            None => card.locate_or_fetch()?,
         };
         let graph = Graph::load(&path)?;
         let vocab = match &card.vocab {

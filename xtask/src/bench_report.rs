@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use crate::bench::BenchRow;
+use crate::bench_e2e::E2eRow;
 
 /// What the run ran on, for the report's header.
 pub struct Machine {
@@ -50,7 +51,7 @@ fn models(rows: &[BenchRow]) -> Vec<&str> {
 }
 
 /// Writes `md` and, beside it, `<stem>-cpu.svg` and `<stem>-fusion.svg`.
-pub fn write(rows: &[BenchRow], machine: &Machine, md: &Path) -> Result<()> {
+pub fn write(rows: &[BenchRow], e2e: &[E2eRow], machine: &Machine, md: &Path) -> Result<()> {
     let stem = md.file_stem().and_then(|s| s.to_str()).unwrap_or("benchmarks").to_string();
     let dir = md.parent().unwrap_or(Path::new("."));
     let cpu_svg = format!("{stem}-cpu.svg");
@@ -125,6 +126,34 @@ pub fn write(rows: &[BenchRow], machine: &Machine, md: &Path) -> Result<()> {
         let input = eager.or(fused).map(|r| shape(&r.input_shape)).unwrap_or_default();
         let ks = |r| k(r).map(|v| v.to_string()).unwrap_or("–".into());
         writeln!(out, "| {m} | {input} | {} | {} | {kr} | {} | {} |", ks(eager), ks(fused), ms(eager), ms(fused))?;
+    }
+    if !e2e.is_empty() {
+        writeln!(out, "\n## End to end: the OCR pipeline against docTR's Python `ocr_predictor`\n")?;
+        writeln!(
+            out,
+            "Both read the fixture pages one call per page with Kiln's default models, docTR's Python code \
+             running the same ONNX files through ONNX Runtime. `straight`: upright pages, straight boxes; \
+             `rotated`: upright and turned pages, rotated boxes and the crop orientation classifier. \
+             First page: from a fresh process (docTR: Python imports included) to the first document.\n"
+        )?;
+        writeln!(out, "| mode | pages | Kiln pages/s | docTR pages/s | Kiln / docTR speed | Kiln first page s | docTR first page s |")?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
+        for mode in ["straight", "rotated"] {
+            let row = |engine: &str| e2e.iter().find(|r| r.mode == mode && r.engine == engine);
+            let (k, d) = (row("kiln-flex"), row("doctr-ort"));
+            let Some(k) = k else { continue };
+            let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("–".into());
+            writeln!(
+                out,
+                "| {mode} | {} | {:.2} | {} | {} | {:.2} | {} |",
+                k.pages,
+                k.pages_per_s,
+                f(d.map(|d| d.pages_per_s), 2),
+                f(d.map(|d| k.pages_per_s / d.pages_per_s), 2),
+                k.first_page_s,
+                f(d.map(|d| d.first_page_s), 2)
+            )?;
+        }
     }
     if !dir.as_os_str().is_empty() {
         std::fs::create_dir_all(dir)?;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: fixtures, the compatibility matrix, and the test command.
 
 mod bench;
+mod bench_e2e;
 mod bench_report;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +100,19 @@ enum Task {
         /// Also write the report and its charts (e.g. docs/benchmarks.md).
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Also time the whole OCR pipeline against docTR's Python ocr_predictor (pages/s and
+        /// first-page latency), with Kiln's default models.
+        #[arg(long)]
+        e2e: bool,
+    },
+    /// One end-to-end Kiln measurement in a fresh process (for `bench --e2e`).
+    #[command(hide = true)]
+    BenchE2eWorker {
+        #[arg(long)]
+        mode: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        files: Vec<PathBuf>,
     },
     /// Where one forward's time goes on a backend: per op type and the slowest nodes.
     Profile {
@@ -146,7 +160,7 @@ fn main() -> Result<()> {
             println!("{}", kiln_fixtures::peak_rss_mb().context("no VmHWM on this system")?);
             Ok(())
         }
-        Task::Bench { set, models, batch, engines, runs, warmup, threads, wgpu_full, json, markdown } => {
+        Task::Bench { set, models, batch, engines, runs, warmup, threads, wgpu_full, json, markdown, e2e } => {
             let manifest = Manifest::load(&fixtures_dir())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let python = kiln_fixtures::cache_dir().join("venv/bin/python");
@@ -162,13 +176,27 @@ fn main() -> Result<()> {
                 worker_script: repo_root().join("xtask/bench_worker.py"),
             };
             let (rows, python_versions) = bench::bench(&manifest, &opts)?;
+            let e2e_rows = if e2e {
+                bench_e2e::run(&bench_e2e::E2eOptions {
+                    runs: runs.min(3),
+                    threads,
+                    python: opts.python.clone(),
+                    script: repo_root().join("xtask/bench_e2e.py"),
+                    models_dir: repo_root().join("models"),
+                    pages_dir: fixtures_dir().join("pages"),
+                })?
+            } else {
+                vec![]
+            };
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+                let all = serde_json::json!({ "forward": rows, "end_to_end": e2e_rows });
+                std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
                 eprintln!("wrote {}", path.display());
             }
             if let Some(path) = markdown {
                 let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-                bench_report::write(&rows, &bench_report::Machine { command, threads, python_versions }, &path)?;
+                let machine = bench_report::Machine { command, threads, python_versions };
+                bench_report::write(&rows, &e2e_rows, &machine, &path)?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
@@ -178,6 +206,7 @@ fn main() -> Result<()> {
             bench::profile(&manifest, &model, batch, backend.parse()?, runs, top)
         }
         Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
+        Task::BenchE2eWorker { mode, runs, files } => bench_e2e::worker(&mode, runs, &files),
         Task::Test => test(),
     }
 }

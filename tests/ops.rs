@@ -231,18 +231,29 @@ fn conv_matches_its_definition() {
             })
             .collect()
     };
-    for &(xs, ws, stride, dil, pads, groups) in cases {
+    // Each case also with an activation after it, which a load pass folds into the conv.
+    let activations: [(&str, fn(f32) -> f32); 4] = [
+        ("", |v| v),
+        ("Relu", |v| v.max(0.0)),
+        ("Clip", |v| v.clamp(-0.1, 0.2)),
+        ("HardSwish", |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+    ];
+    for (case, &(xs, ws, stride, dil, pads, groups)) in cases.iter().enumerate() {
         let (x, w, bias) = (rand(xs.iter().product()), rand(ws.iter().product()), rand(ws[0]));
-        let (want, os) = conv_reference(&x, xs, &w, ws, &bias, stride, dil, pads, groups);
+        let (conv, os) = conv_reference(&x, xs, &w, ws, &bias, stride, dil, pads, groups);
+        let (act, f) = activations[(case + 1) % activations.len()];
+        let want: Vec<f32> = conv.iter().map(|&v| f(v)).collect();
         let i64s = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
-        let b = OnnxBuilder::new(17)
+        let mut b = OnnxBuilder::new(17)
             .input("x", FLOAT, &i64s(&xs))
             .init_f32("w", &i64s(&ws), &w)
             .init_f32("b", &[ws[0] as i64], &bias)
+            .init_f32("lo", &[], &[-0.1])
+            .init_f32("hi", &[], &[0.2])
             .node(
                 "Conv",
                 &["x", "w", "b"],
-                &["y"],
+                &[if act.is_empty() { "y" } else { "c" }],
                 &[
                     ("kernel_shape", A::Ints(i64s(&ws[2..]))),
                     ("strides", A::Ints(vec![stride as i64; 2])),
@@ -250,12 +261,19 @@ fn conv_matches_its_definition() {
                     ("pads", A::Ints(i64s(&pads))),
                     ("group", A::Int(groups as i64)),
                 ],
-            )
-            .output("y", FLOAT, &i64s(&os));
-        let (out, _, _) = run(b, TensorData::new(x, xs.to_vec()));
+            );
+        b = match act {
+            "" => b,
+            "Clip" => b.node("Clip", &["c", "lo", "hi"], &["y"], &[]),
+            op => b.node(op, &["c"], &["y"], &[]),
+        };
+        let b = b.output("y", FLOAT, &i64s(&os));
+        let (out, g, steps) = run(b, TensorData::new(x, xs.to_vec()));
         assert_eq!(out[0].shape().as_slice(), os.as_slice(), "case {xs:?} {ws:?}");
+        assert_eq!(g.load_stats().conv_activations_fused, usize::from(!act.is_empty()), "{act}");
+        assert_eq!(steps, 1, "{act}: the activation runs inside the conv");
         let got = floats(&out[0]);
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?}: off by {worst}");
+        assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} {act}: off by {worst}");
     }
 }

@@ -49,6 +49,8 @@ pub struct LoadStats {
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
     pub conv_affines_folded: usize,
+    /// Activations (Relu, HardSwish, Clip) folded into the Conv before them.
+    pub conv_activations_fused: usize,
 }
 
 type PlanKey = (Backend, Mode, Vec<Vec<usize>>);
@@ -91,6 +93,7 @@ impl Graph {
             batchnorms_folded,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
+            conv_activations_fused: fused.conv_activation,
         };
         tracing::info!(model = %model.source.display(), ?stats, "loaded");
         Ok(Self { model, stats, plans: Mutex::new(HashMap::new()) })

@@ -117,9 +117,28 @@ fn enabled() -> bool {
     *ON
 }
 
+/// An activation applied to a convolution's output tile right after its gemm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epilogue {
+    Relu,
+    HardSwish,
+    Clip(f32, f32),
+}
+
+impl Epilogue {
+    fn apply(self, v: &mut [f32]) {
+        match self {
+            Epilogue::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Epilogue::HardSwish => v.iter_mut().for_each(|x| *x *= (*x / 6.0 + 0.5).clamp(0.0, 1.0)),
+            Epilogue::Clip(lo, hi) => v.iter_mut().for_each(|x| *x = x.clamp(lo, hi)),
+        }
+    }
+}
+
 /// Runs the convolution when `x`, `w` (and `bias`) are contiguous f32 flex tensors; `None` leaves
-/// it to Burn.
-pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry) -> Option<T> {
+/// it to Burn. The bias seeds each output tile before its gemm accumulates into it, and the
+/// epilogue runs on the tile after, while it is still in cache.
+pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilogue: Option<Epilogue>) -> Option<T> {
     if !enabled() {
         return None;
     }
@@ -139,14 +158,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry) -> Op
         return None;
     }
     let mut out = vec![0f32; n * m * oh * ow];
-    grouped(xs, ws, &mut out, g);
-    if let Some(bs) = bs {
-        let plane = oh * ow;
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
-            let b = bs[i % m];
-            p.iter_mut().for_each(|v| *v += b);
-        });
-    }
+    grouped(xs, ws, bs, epilogue, &mut out, g);
     Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
 }
 
@@ -162,7 +174,7 @@ fn valid(k: usize, g_stride: usize, dilation: usize, pad: usize, len: usize, out
 /// Dense and grouped convolutions: per image, group and tile of output rows, im2col then one gemm
 /// `out[Mg, rows·OW] = W[Mg, K] · cols[K, rows·OW]`. 1×1 stride-1 unpadded convs read the input
 /// in place.
-fn grouped(xs: &[f32], ws: &[f32], out: &mut [f32], g: &ConvGeometry) {
+fn grouped(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
     let [n, c, h, wd] = g.input;
     let [_, m, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
@@ -185,10 +197,21 @@ fn grouped(xs: &[f32], ws: &[f32], out: &mut [f32], g: &ConvGeometry) {
         let lhs = ws[grp * mg * k..].as_ptr();
         // SAFETY: tasks write disjoint blocks: image `img`, channels `grp·mg..`, rows `oy0..oy1`.
         let dst = unsafe { out_ptr.get().add(((img * m + grp * mg) * oh + oy0) * ow) };
+        // The tile's rows, one per output channel of the group: `cols_n` floats, `oh·ow` apart.
+        let rows_of = |f: &dyn Fn(usize, &mut [f32])| {
+            for j in 0..mg {
+                // SAFETY: inside this task's disjoint block (see above).
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(j * oh * ow), cols_n) };
+                f(grp * mg + j, row);
+            }
+        };
+        if let Some(b) = bias {
+            rows_of(&|ch, row| row.fill(b[ch]));
+        }
         let gemm = |rhs: *const f32, rhs_rs: isize| unsafe {
             gemm::gemm(
-                mg, cols_n, k, dst, 1, (oh * ow) as isize, false, lhs, 1, k as isize, rhs, 1, rhs_rs, 0.0f32, 1.0f32,
-                false, false, false, inner,
+                mg, cols_n, k, dst, 1, (oh * ow) as isize, bias.is_some(), lhs, 1, k as isize, rhs, 1, rhs_rs, 1.0f32,
+                1.0f32, false, false, false, inner,
             )
         };
         if pointwise {
@@ -200,6 +223,9 @@ fn grouped(xs: &[f32], ws: &[f32], out: &mut [f32], g: &ConvGeometry) {
                 im2col(x, &mut cols, g, oy0, oy1);
                 gemm(cols.as_ptr(), cols_n as isize);
             });
+        }
+        if let Some(e) = epilogue {
+            rows_of(&|_, row| e.apply(row));
         }
     };
     if tasks > 1 && matches!(inner, gemm::Parallelism::None) {

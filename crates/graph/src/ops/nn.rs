@@ -11,9 +11,10 @@ use super::{
     Input, Lowering, TypeInfo, axis, broadcast, const_floats, const_ints, device_dims, input, kernel, kernel_with,
     opt_input,
 };
-use super::cpu_kernels::{self, ConvGeometry};
+use super::cpu_kernels::{self, ConvGeometry, Epilogue};
 use crate::error::{Result, bail, err};
-use crate::model::{ElemType, Node};
+use crate::model::{Attr, ElemType, Node};
+use crate::passes;
 use crate::tensor::{B, expand, reshape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
@@ -187,6 +188,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         uses.push(2);
     }
     let one_d = win.one_d;
+    let epilogue = conv_epilogue(node)?;
     let geometry = ConvGeometry {
         input: [x4[0], x4[1], x4[2], x4[3]],
         output: [out4[0], out4[1], out4[2], out4[3]],
@@ -201,14 +203,37 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
-        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry) {
+        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
             return vec![lift(y)];
         }
         if let Some(p) = explicit {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
         }
-        vec![lift(B::conv2d(x, w, b, options.clone()))]
+        let y = B::conv2d(x, w, b, options.clone());
+        vec![lift(match epilogue {
+            None => y,
+            Some(Epilogue::Relu) => B::relu(y),
+            Some(Epilogue::HardSwish) => {
+                let g = B::hard_sigmoid(y.clone(), (1.0f64 / 6.0).into(), 0.5f64.into());
+                B::float_mul(y, g)
+            }
+            Some(Epilogue::Clip(lo, hi)) => B::float_clamp(y, (lo as f64).into(), (hi as f64).into()),
+        })]
     })
+}
+
+/// The activation a load pass folded into this Conv (`passes::CONV_ACTIVATION`).
+fn conv_epilogue(node: &Node) -> Result<Option<Epilogue>> {
+    let Some(Attr::Str(op)) = node.attrs.get(passes::CONV_ACTIVATION) else { return Ok(None) };
+    Ok(Some(match op.as_str() {
+        "Relu" => Epilogue::Relu,
+        "HardSwish" => Epilogue::HardSwish,
+        "Clip" => match node.attrs.get(passes::CONV_CLIP) {
+            Some(Attr::Floats(b)) if b.len() == 2 => Epilogue::Clip(b[0], b[1]),
+            _ => bail!(UnsupportedAttribute, "Conv epilogue Clip without bounds"),
+        },
+        other => bail!(UnsupportedAttribute, "Conv epilogue {other}"),
+    }))
 }
 
 fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {

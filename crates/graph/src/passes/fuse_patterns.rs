@@ -2,21 +2,28 @@
 //! instead of four (PaddleOCR's exports are full of both):
 //! - `x · clip(x + 3, 0, 6) / 6` (HardSwish written in elementary ops) → `HardSwish(x)`;
 //! - `Conv → Mul(scale) → Add(shift)` with constant scale and shift (PP-LCNet's learnable affine
-//!   blocks) → the Conv, its weights scaled and bias shifted per output channel.
+//!   blocks) → the Conv, its weights scaled and bias shifted per output channel;
+//! - `Conv → Relu | HardSwish | Clip(lo, hi)` → the Conv with the activation as its epilogue
+//!   (attribute `kiln_activation`), so the CPU kernel applies it while the output tile is hot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn_backend::TensorData;
 
-use crate::model::{Node, Subgraph};
+use crate::model::{Attr, Node, Subgraph};
 
 /// Counts of what was rewritten.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fused {
     pub hardswish: usize,
     pub conv_affine: usize,
+    pub conv_activation: usize,
 }
+
+/// Kiln's own Conv attributes: the activation applied to its output, and Clip's bounds.
+pub const CONV_ACTIVATION: &str = "kiln_activation";
+pub const CONV_CLIP: &str = "kiln_activation_bounds";
 
 struct Index {
     consumers: HashMap<String, usize>,
@@ -208,5 +215,43 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
         dropped[i] = false;
     }
     super::apply(g, &dropped, new_inits);
+    fused.conv_activation = fuse_conv_activation(g, protected);
     fused
+}
+
+/// Folds the activation that is a Conv's only consumer into the Conv.
+fn fuse_conv_activation(g: &mut Subgraph, protected: &[String]) -> usize {
+    let ix = Index::new(g, protected);
+    let mut dropped = vec![false; g.nodes.len()];
+    let mut rewrites: Vec<(usize, Node)> = vec![];
+    for (ci, conv) in g.nodes.iter().enumerate() {
+        if conv.op != "Conv" || conv.attrs.contains_key(CONV_ACTIVATION) {
+            continue;
+        }
+        let Some((ai, act)) = ix.sole_consumer(g, &conv.outputs[0]) else { continue };
+        if dropped[ai] || act.inputs.first() != Some(&conv.outputs[0]) {
+            continue;
+        }
+        let mut folded = conv.clone();
+        match act.op.as_str() {
+            "Relu" | "HardSwish" => {}
+            "Clip" => match clip_bounds(&ix, act) {
+                Some((lo, hi)) => {
+                    folded.attrs.insert(CONV_CLIP.into(), Attr::Floats(vec![lo, hi]));
+                }
+                None => continue,
+            },
+            _ => continue,
+        }
+        folded.attrs.insert(CONV_ACTIVATION.into(), Attr::Str(act.op.clone()));
+        folded.outputs[0] = act.outputs[0].clone();
+        rewrites.push((ci, folded));
+        dropped[ai] = true;
+    }
+    let n = rewrites.len();
+    for (i, node) in rewrites {
+        g.nodes[i] = node;
+    }
+    super::apply(g, &dropped, vec![]);
+    n
 }

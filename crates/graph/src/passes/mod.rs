@@ -7,7 +7,7 @@ mod prune;
 mod specialize;
 
 pub use fold_batchnorm::fold_batchnorm;
-pub use fuse_patterns::fuse_patterns;
+pub use fuse_patterns::{CONV_ACTIVATION, CONV_CLIP, fuse_patterns};
 pub use promote_constants::promote_constants;
 pub use prune::prune_initializers;
 pub(crate) use specialize::run_guarded;

@@ -69,7 +69,8 @@ fn corrupt_model_fails_naming_the_file() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// The README's main command: the bundled sample page through the default (PP-OCR) models.
+/// The README's main command: the bundled sample page through the default models (the docTR
+/// architectures trained in models/train/, bundled in models/onnx/).
 #[test]
 fn ocr_reads_the_sample_page() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/sample-page.png");

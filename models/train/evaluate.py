@@ -23,6 +23,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent.parent / "tests" / "fixtures"))
 
 import synth  # noqa: E402
 import train  # noqa: E402
@@ -60,7 +61,6 @@ def load_onnx(models_dir, suffix, threads):
     """The cards' bundled ONNX files in docTR's model objects (tests/fixtures/doctr_onnx.py)."""
     import tomllib
 
-    sys.path.insert(0, str(HERE.parent.parent / "tests" / "fixtures"))
     import doctr_onnx
 
     def path(task):
@@ -96,21 +96,12 @@ def dump_case(dump, type_name, i, pg, page, straight, straighten):
 
 
 def predictor(models, assume_straight, straighten):
-    from doctr.models import crop_orientation_predictor, ocr_predictor, page_orientation_predictor
+    """docTR's ocr_predictor holding our models (tests/fixtures/doctr_onnx.py; it works the same
+    for the PyTorch checkpoints)."""
+    import doctr_onnx
 
-    # docTR builds its own orientation classifiers with pretrained=True (a download) unless told
-    # they are disabled; ours are put in their place afterwards.
-    p = ocr_predictor(det_arch=models["det"], reco_arch=models["reco"], pretrained=False,
-                      assume_straight_pages=assume_straight, straighten_pages=straighten,
-                      detect_orientation=straighten, disable_crop_orientation=True,
-                      disable_page_orientation=True)
-    if not assume_straight:
-        p.crop_orientation_predictor = crop_orientation_predictor(models["crop_orientation"])
-        p._crop_orientation_disabled = False
-    if not assume_straight or straighten:
-        p.page_orientation_predictor = page_orientation_predictor(models["page_orientation"])
-        p._page_orientation_disabled = False
-    return p
+    return doctr_onnx.ocr_predictor(models, assume_straight_pages=assume_straight, straighten_pages=straighten,
+                                    detect_orientation=straighten)
 
 
 def f1(pred, truth):

@@ -137,6 +137,8 @@ fn crops_match_doctr() {
         let page = kiln::image_io::load_image(&page_path).unwrap();
         let shapes = case["shapes"].as_array().unwrap();
         let means = f32s(&case["means"]);
+        let pixels = case["pixels"].as_str().map(|f| npy(f).0);
+        let mut offset = 0;
         for (j, b) in case["boxes"].as_array().unwrap().iter().enumerate() {
             let crop = if i == 0 {
                 let b = f32s(b);
@@ -149,9 +151,31 @@ fn crops_match_doctr() {
             .unwrap();
             let want = f32s(&shapes[j]);
             assert_eq!((crop.height() as f32, crop.width() as f32), (want[0], want[1]), "crop {i}/{j}");
+            if let Some(pixels) = &pixels {
+                // Rotated crops: OpenCV's warpAffine, pixel for pixel.
+                let n = crop.as_raw().len();
+                let expected = &pixels[offset..offset + n];
+                offset += n;
+                let off = crop.as_raw().iter().zip(expected).filter(|(a, b)| **a as f32 != **b).count();
+                assert_eq!(off, 0, "crop {i}/{j}: {off} of {n} values differ from cv2.warpAffine");
+            }
             let mean = crop.pixels().flat_map(|p| p.0).map(f32::from).sum::<f32>() / (crop.len() as f32);
             assert!((mean - means[j]).abs() < 1.5, "crop {i}/{j}: mean {mean} vs docTR {}", means[j]);
         }
+    }
+}
+
+#[test]
+fn page_rotation_matches_doctr() {
+    let (src, shape) = npy("rotate_src.npy");
+    let corner = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, src.iter().map(|&v| v as u8).collect()).unwrap();
+    for case in goldens()["rotations"].as_array().unwrap() {
+        let angle = case["angle"].as_f64().unwrap();
+        let (want, shape) = npy(case["pixels"].as_str().unwrap());
+        let turned = kiln::orientation::rotate_page(&corner, angle, true);
+        assert_eq!((turned.height() as usize, turned.width() as usize), (shape[0], shape[1]), "{angle}°");
+        let off = turned.as_raw().iter().zip(&want).filter(|(a, b)| **a as f32 != **b).count();
+        assert_eq!(off, 0, "{angle}°: {off} of {} values differ from docTR's rotate_image", want.len());
     }
 }
 

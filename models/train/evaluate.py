@@ -7,7 +7,8 @@ size per page, scored by word-multiset F1.
 Page types: straight pages read with assume_straight_pages=True (issue 6: F1 >= 0.90), and pages
 turned 90/180/270 degrees or skewed by up to ±5 degrees read with assume_straight_pages=False
 (F1 >= 0.80). --straighten adds the same turned pages read with straighten_pages=True, which is
-where docTR uses the page orientation classifier. The classifiers are also scored on their own.
+where docTR uses the page orientation classifier. The classifiers are also scored on their own,
+the crop classifier both on rendered word crops and on the crops the detector cuts from turned pages.
 """
 
 import argparse
@@ -136,7 +137,7 @@ def make_pages(seed, n, turn):
 @torch.no_grad()
 def classifier_accuracy(models, seed, n):
     """The orientation classifiers alone, through docTR's predictors, on held-out crops and pages."""
-    from doctr.models import crop_orientation_predictor, page_orientation_predictor
+    from doctr.models import crop_orientation_predictor, detection_predictor, page_orientation_predictor
 
     rng = random.Random(f"{seed}/classifiers")
     words = synth.Words(rng, synth.EVAL_MIX)
@@ -158,9 +159,20 @@ def classifier_accuracy(models, seed, n):
         pages.append(synth.turn(synth.degrade(rng, img, 0.6), k))
         page_k.append(k)
     got_pages = page_orientation_predictor(models["page_orientation"])(pages)[0]
+    # Crops as the rotated-box pipeline cuts them: the detector's boxes on pages turned 0/90/180/270
+    # degrees and skewed by up to 5, labelled by the true word under each.
+    det = detection_predictor(models["det"], pretrained=False, assume_straight_pages=False)
+    cut = []
+    for i in range(n):
+        img, polys, _, _, _ = synth.eval_page(rng, words, fonts)
+        img, polys = synth.rotate(img, polys, 90 * (i % 4) + rng.uniform(-5, 5), (255, 255, 255))
+        cut += train.detected_crops(det, synth.degrade(rng, img, 0.6), polys)
+    got_cut = crop_orientation_predictor(models["crop_orientation"])([c for c, _ in cut])[0]
     return {
         "crop_orientation_accuracy": float(np.mean(np.array(got) == np.array(crop_k))),
         "crop_samples": len(crops),
+        "detected_crop_orientation_accuracy": float(np.mean(np.array(got_cut) == np.array([k for _, k in cut]))),
+        "detected_crop_samples": len(cut),
         "page_orientation_accuracy": float(np.mean(np.array(got_pages) == np.array(page_k))),
         "page_samples": len(pages),
     }
@@ -233,7 +245,8 @@ def main():
             f"{TARGET[straight]:.2f} {'pass' if ok else 'FAIL'}  [{time.perf_counter() - start:.0f}s]")
     classifiers = classifier_accuracy(models, args.seed, max(8, args.pages))
     log(f"{'classifiers':>20}: crop orientation {classifiers['crop_orientation_accuracy']:.3f} "
-        f"on {classifiers['crop_samples']} crops, page orientation "
+        f"on {classifiers['crop_samples']} crops, {classifiers['detected_crop_orientation_accuracy']:.3f} on "
+        f"{classifiers['detected_crop_samples']} crops cut by the detector, page orientation "
         f"{classifiers['page_orientation_accuracy']:.3f} on {classifiers['page_samples']} pages")
     if dump:
         (dump / "index.json").write_text(json.dumps({"seed": args.seed, "cases": dumped}, indent=1))

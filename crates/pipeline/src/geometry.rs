@@ -2,6 +2,7 @@
 
 use geo::{Coord, MinimumRotatedRect, MultiPoint, Point};
 use image::{Rgb, RgbImage};
+use crate::warp::{affine_transform, warp_affine};
 use imageproc::geometric_transformations::{Interpolation, Projection, warp_into};
 
 /// A word's place on the page.
@@ -126,27 +127,20 @@ pub fn straight_crop(page: &RgbImage, b: [f32; 4]) -> Option<RgbImage> {
     Some(image::imageops::crop_imm(page, x0, y0, x1 - x0, y1 - y0).to_image())
 }
 
-/// The pixels of a rotated box (docTR's `extract_rcrops`): the affine map taking TL, TR, BR to
-/// the corners of an upright d1 × d2 image, bilinear, black outside the page.
+/// The pixels of a rotated box (docTR's `extract_rcrops`): OpenCV's affine map taking TL, TR, BR
+/// to the corners of an upright d1 × d2 image, warped exactly as `cv2.warpAffine`, black outside
+/// the page. Points and lengths in single precision, as docTR casts them.
 pub fn rotated_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
-    let (w, h) = (page.width() as f32, page.height() as f32);
-    let abs = p.map(|[x, y]| (x * w, y * h));
-    let dist = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let (w, h) = (page.width() as f64, page.height() as f64);
+    let abs = p.map(|[x, y]| [(x as f64 * w) as f32, (y as f64 * h) as f32]);
+    let dist = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]) * (a[0] - b[0]) + (a[1] - b[1]) * (a[1] - b[1])).sqrt();
     let (d1, d2) = (dist(abs[0], abs[1]), dist(abs[1], abs[2]));
     let (cw, ch) = (d1 as u32, d2 as u32);
     if cw == 0 || ch == 0 {
         return None;
     }
-    // Destination → source: src = TL + u · (TR − TL)/(d1 − 1) + v · (BR − TR)/(d2 − 1).
-    let sx = if d1 > 1.0 { d1 - 1.0 } else { 1.0 };
-    let sy = if d2 > 1.0 { d2 - 1.0 } else { 1.0 };
-    let (ux, uy) = ((abs[1].0 - abs[0].0) / sx, (abs[1].1 - abs[0].1) / sx);
-    let (vx, vy) = ((abs[2].0 - abs[1].0) / sy, (abs[2].1 - abs[1].1) / sy);
-    let to_source = Projection::from_matrix([ux, vx, abs[0].0, uy, vy, abs[0].1, 0.0, 0.0, 1.0])?;
-    let mut out = RgbImage::new(cw, ch);
-    // warp_into expects the map from source to destination.
-    warp_into(page, &to_source.invert(), Interpolation::Bilinear, Rgb([0, 0, 0]), &mut out);
-    Some(out)
+    let m = affine_transform([abs[0], abs[1], abs[2]], [[0.0, 0.0], [d1 - 1.0, 0.0], [d1 - 1.0, d2 - 1.0]])?;
+    Some(warp_affine(page, m, cw, ch))
 }
 
 /// docTR's `extract_rcrops(assume_horizontal=True)`, used when pages are known upright: the

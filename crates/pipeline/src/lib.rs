@@ -22,6 +22,7 @@ pub mod orientation;
 mod predictor;
 pub mod preprocess;
 pub mod vocabs;
+pub mod warp;
 
 pub use card::ModelCard;
 pub use document::Document;

@@ -2,11 +2,11 @@
 //! quarter turn, refined by the angle of the text lines in the detection map) and straightens
 //! pages (`rotate_image` with expansion, then `remove_image_padding`).
 
-use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
+use image::{GrayImage, Luma, Pixel, RgbImage};
 use imageproc::contours::find_contours;
-use rayon::prelude::*;
 
 use crate::geometry::min_area_rect;
+use crate::warp::warp_affine;
 
 /// Contours kept for the estimate: the most elongated ones.
 const N_CONTOURS: usize = 70;
@@ -116,43 +116,6 @@ fn rotation(w: f64, h: f64, angle: f64) -> [f64; 6] {
     let (sin, cos) = angle.to_radians().sin_cos();
     let (cx, cy) = (w / 2.0, h / 2.0);
     [cos, sin, (1.0 - cos) * cx - sin * cy, -sin, cos, sin * cx + (1.0 - cos) * cy]
-}
-
-/// OpenCV's `warpAffine` (bilinear, black border) into a `w`×`h` image: every output pixel
-/// samples the source where the inverse of `m` takes it, at OpenCV's 1/32-pixel resolution;
-/// neighbours outside the source count as black.
-fn warp_affine<P: Pixel<Subpixel = u8>>(src: &ImageBuffer<P, Vec<u8>>, m: [f64; 6], w: u32, h: u32) -> ImageBuffer<P, Vec<u8>> {
-    let [a, b, c, d, e, f] = m;
-    let det = a * e - b * d;
-    let inv = if det == 0.0 {
-        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    } else {
-        [e / det, -b / det, (b * f - c * e) / det, -d / det, a / det, (c * d - a * f) / det]
-    };
-    let (sw, sh) = (src.width() as i64, src.height() as i64);
-    let channels = P::CHANNEL_COUNT as usize;
-    let raw = src.as_raw();
-    let mut out = ImageBuffer::<P, Vec<u8>>::new(w, h);
-    let buf: &mut [u8] = &mut out;
-    buf.par_chunks_mut(w as usize * channels).enumerate().for_each(|(y, row)| {
-        for x in 0..w as usize {
-            let sx = ((inv[0] * x as f64 + inv[1] * y as f64 + inv[2]) * 32.0).round() as i64;
-            let sy = ((inv[3] * x as f64 + inv[4] * y as f64 + inv[5]) * 32.0).round() as i64;
-            let (x0, y0) = (sx.div_euclid(32), sy.div_euclid(32));
-            let (fx, fy) = (sx.rem_euclid(32) as f32 / 32.0, sy.rem_euclid(32) as f32 / 32.0);
-            let taps = [(x0, y0, (1.0 - fx) * (1.0 - fy)), (x0 + 1, y0, fx * (1.0 - fy)), (x0, y0 + 1, (1.0 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)];
-            for ch in 0..channels {
-                let mut v = 0.0f32;
-                for &(tx, ty, wt) in &taps {
-                    if wt > 0.0 && (0..sw).contains(&tx) && (0..sh).contains(&ty) {
-                        v += wt * raw[(ty as usize * sw as usize + tx as usize) * channels + ch] as f32;
-                    }
-                }
-                row[x * channels + ch] = (v + 0.5).floor().clamp(0.0, 255.0) as u8;
-            }
-        }
-    });
-    out
 }
 
 fn rotate_gray(img: &GrayImage, angle: f64) -> GrayImage {

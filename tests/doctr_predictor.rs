@@ -3,12 +3,13 @@
 //! docTR reads, Kiln must read the same string with a box IoU ≥ 0.9, and read little else, in
 //! every reading mode: straight pages, rotated boxes, and straightened pages.
 //!
-//! Straight pages must agree on 99 % of words (issue 4's bar). Rotated crops and page rotations
-//! are now OpenCV's warpAffine bit for bit (`kiln::warp`, goldens), which took these pages from
-//! 98.7 % to 99.0 % (297/300) and the held-out pages of `models/train/evaluate.py` from 94.1 % to
-//! 95.1 %; what remains is the rotated boxes themselves (geo's minimum rectangle and offset are
-//! within a pixel of OpenCV's `minAreaRect` and pyclipper, not identical), on crops where the
-//! trained crop classifier and recogniser are unsure. Those modes are held at [`ROTATED_FLOOR`].
+//! Every mode must agree on 99 % of words (issue 4's bar). Rotated crops and page rotations are
+//! OpenCV's warpAffine bit for bit (`kiln::warp`) and the unclip offset is pyclipper's own Clipper,
+//! so most rotated boxes are docTR's exactly: measured 99.7 % (299/300) with rotated boxes and
+//! 100 % straightened on these pages; on the held-out pages of `models/train/evaluate.py` 99.9 %
+//! straight, 98.3 % rotated and 98.2 % straightened. What remains is the minimum-area fit (a side a
+//! pixel off where OpenCV's float noise is truncated), on crops where the trained crop
+//! classifier and recogniser are unsure.
 //!
 //! `KILN_PREDICTIONS=DIR` points the test at another dump of the same format (e.g. the held-out
 //! pages of `models/train/evaluate.py --dump DIR`).
@@ -103,8 +104,8 @@ fn kiln_points(g: &Geometry) -> Vec<[f64; 2]> {
     }
 }
 
-/// Agreement required with rotated boxes (measured 0.990 here); straight pages need 0.99.
-const ROTATED_FLOOR: f64 = 0.98;
+/// Share of docTR's words (and of Kiln's) that must match, in every mode.
+const BAR: f64 = 0.99;
 
 #[derive(Default)]
 struct Tally {
@@ -191,11 +192,10 @@ fn kiln_reads_what_doctr_reads() {
         let recall = t.matched as f64 / t.doctr.max(1) as f64;
         let precision = t.matched as f64 / t.kiln.max(1) as f64;
         eprintln!("{mode}: {} pages, {}/{} of docTR's words matched ({:.1} %), {:.1} % of Kiln's", t.pages, t.matched, t.doctr, 100.0 * recall, 100.0 * precision);
-        let bar = if mode == "straight" { 0.99 } else { ROTATED_FLOOR };
         if t.doctr == 0 {
             failed.push(format!("{mode}: docTR read nothing: the models cannot read these pages"));
-        } else if recall < bar || precision < bar {
-            failed.push(format!("{mode}: {recall:.3} of docTR's words, {precision:.3} of Kiln's (bar {bar})"));
+        } else if recall < BAR || precision < BAR {
+            failed.push(format!("{mode}: {recall:.3} of docTR's words, {precision:.3} of Kiln's (bar {BAR})"));
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));

@@ -56,6 +56,7 @@ fn db_postprocessing_matches_doctr() {
     assert!(cases.len() >= 8);
     let mut worst_px = 0f32;
     let mut worst_iou = 1f64;
+    let (mut rotated, mut rotated_exact) = (0, 0);
     for case in cases {
         let (map, shape) = npy(case["map"].as_str().unwrap());
         let (h, w) = (shape[0], shape[1]);
@@ -84,13 +85,14 @@ fn db_postprocessing_matches_doctr() {
             let px = dist(best);
             if straight {
                 worst_px = worst_px.max(px);
-                assert!(px <= 1.0 + 1e-3, "{label}: box {pts:?} is {px:.2} px from Kiln's {:?}", best.geometry);
+                assert!(px <= 1e-3, "{label}: box {pts:?} is {px:.4} px from Kiln's {:?}", best.geometry);
             } else {
-                // A rotated box's corners swing with its angle, which min-area fits leave
-                // ill-conditioned (near-ties between orientations; pyclipper and geo approximate
-                // round joins differently; pyclipper truncates OpenCV's float noise, 211.99998 →
-                // 211): hold rotated boxes to centres within 1 px per axis and IoU ≥ 0.9 (a
-                // 1 px shift of a 60×30 px box is IoU 0.91).
+                // The offset is pyclipper's own Clipper, so most rotated boxes are exact; the rest
+                // come from the minimum-area fit, where OpenCV's float noise (211.99998, which
+                // pyclipper truncates to 211) or a near-tie between orientations moves a side
+                // by a pixel: those are held to centres within 1 px per axis and IoU ≥ 0.9.
+                rotated += 1;
+                rotated_exact += usize::from(px <= 0.01);
                 let iou = quad_iou(&kiln_points(&best.geometry), pts, w, h);
                 let (ca, ..) = rect_params(&kiln_points(&best.geometry), w, h);
                 let (cb, ..) = rect_params(pts, w, h);
@@ -106,7 +108,11 @@ fn db_postprocessing_matches_doctr() {
             assert!((best.score - score).abs() <= tol, "{label}: score {} vs docTR {score}", best.score);
         }
     }
-    eprintln!("straight boxes: worst corner {worst_px:.3} px; rotated boxes: worst IoU {worst_iou:.4}");
+    eprintln!(
+        "straight boxes: worst corner {worst_px:.4} px; rotated boxes: {rotated_exact}/{rotated} within 0.01 px, worst IoU {worst_iou:.4}"
+    );
+    // Measured 522/552.
+    assert!(rotated_exact * 10 >= rotated * 9, "only {rotated_exact}/{rotated} rotated boxes match docTR's to 0.01 px");
 }
 
 /// Intersection over union of two 4-corner boxes (relative coordinates, compared in pixels).

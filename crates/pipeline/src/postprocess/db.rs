@@ -1,10 +1,13 @@
 //! Probability map → word boxes, as docTR's `DBPostProcessor` (and, without the final size
 //! filter, its LinkNet and FAST post-processors) does it: binarise, clean with a
 //! morphological pass, take external contours, score each, expand ("unclip") by
-//! `area · ratio / perimeter` with a round-joined polygon offset (geo's `Buffer`, the counterpart
-//! of pyclipper's JT_ROUND), and fit a straight or minimum-area rotated box.
+//! `area · ratio / perimeter` with a round-joined polygon offset, and fit a straight or
+//! minimum-area rotated box. The offset is Clipper 6.4.2 through geo-clipper, the library pyclipper
+//! wraps, with pyclipper's arc tolerance: the grown polygon has the same integer vertices as
+//! docTR's, so the boxes (and the crops cut from them) match to the pixel.
 
-use geo::{Area, BoundingRect, Buffer, LineString, Point, Polygon};
+use geo::{BoundingRect, LineString, Point, Polygon};
+use geo_clipper::{Clipper, EndType, JoinType};
 use image::{GrayImage, Luma};
 use imageproc::contours::{BorderType, find_contours};
 use imageproc::distance_transform::Norm;
@@ -105,11 +108,18 @@ fn polygon_mean(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)]) -
     if n == 0 { 0.0 } else { (sum / n as f64) as f32 }
 }
 
-/// Offsets a closed polygon outwards by `distance` with round joins; the largest resulting part.
+/// pyclipper's default `PyclipperOffset(arc_tolerance=0.25)`.
+const ARC_TOLERANCE: f64 = 0.25;
+
+/// Offsets a closed polygon of integer points outwards by `distance` with round joins, as
+/// pyclipper does; of several parts, the one with the most points (docTR's choice).
 fn unclip(pts: &[(f64, f64)], distance: f64) -> Option<Polygon<f64>> {
     let poly = Polygon::new(LineString::from(pts.to_vec()), vec![]);
-    let grown = poly.buffer(distance);
-    grown.0.into_iter().max_by(|a, b| a.unsigned_area().total_cmp(&b.unsigned_area()))
+    let grown = poly.offset(distance, JoinType::Round(ARC_TOLERANCE), EndType::ClosedPolygon, 1.0);
+    grown.0.into_iter().fold(None, |best: Option<Polygon<f64>>, p| match best {
+        Some(b) if b.exterior().0.len() >= p.exterior().0.len() => Some(b),
+        _ => Some(p),
+    })
 }
 
 fn straight_box(
@@ -128,10 +138,10 @@ fn straight_box(
     let rect = [(x, y), (x, y + h), (x + w, y + h), (x + w, y)];
     let distance = w * h * params.unclip_ratio as f64 / (2.0 * (w + h));
     let grown = unclip(&rect, distance)?;
-    // pyclipper works on integers: its output points are rounded.
+    // cv2.boundingRect of the grown integer points.
     let b = grown.bounding_rect()?;
-    let (gx0, gy0) = (b.min().x.round(), b.min().y.round());
-    let (gw, gh) = (b.max().x.round() - gx0 + 1.0, b.max().y.round() - gy0 + 1.0);
+    let (gx0, gy0) = (b.min().x, b.min().y);
+    let (gw, gh) = (b.max().x - gx0 + 1.0, b.max().y - gy0 + 1.0);
     if params.drop_small && (gw < MIN_SIZE_BOX || gh < MIN_SIZE_BOX) {
         return None;
     }
@@ -153,7 +163,7 @@ fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], pa
     let distance = (w + 1.0) * (h + 1.0) * params.unclip_ratio as f64 / (2.0 * (w + h) + 2.0);
     // pyclipper takes integer coordinates: it truncates boxPoints' floats.
     let grown = unclip(&corners.map(|(x, y)| ((x + 1e-6).trunc(), (y + 1e-6).trunc())), distance)?;
-    let grown_pts: Vec<(f64, f64)> = grown.exterior().0.iter().map(|c| (c.x.round(), c.y.round())).collect();
+    let grown_pts: Vec<(f64, f64)> = grown.exterior().0.iter().map(|c| (c.x, c.y)).collect();
     let (box4, _, _) = min_area_rect(&grown_pts)?;
     let ordered = order_points(box4);
     let diag = ((ordered[2].0 - ordered[0].0).powi(2) + (ordered[2].1 - ordered[0].1).powi(2)).sqrt();

@@ -15,6 +15,7 @@ pub mod download;
 mod error;
 pub mod geometry;
 pub mod image_io;
+pub mod min_rect;
 pub mod overlay;
 pub mod pdf;
 pub mod postprocess;

@@ -13,7 +13,8 @@ use imageproc::contours::{BorderType, find_contours};
 use imageproc::distance_transform::Norm;
 
 use crate::card::{Morphology, PostProcess};
-use crate::geometry::{Geometry, min_area_rect, order_points};
+use crate::geometry::{Geometry, order_points};
+use crate::min_rect::{box_points, min_area_rect};
 
 /// Contours whose bounding box is thinner than this (pixels) are noise.
 const MIN_SIZE_BOX: f64 = 2.0;
@@ -158,13 +159,20 @@ fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], pa
     if score < params.box_thresh {
         return None;
     }
-    let (corners, w, h) = min_area_rect(pts)?;
+    let ints = |v: &mut dyn Iterator<Item = (f64, f64)>| v.map(|(x, y)| (x as i64, y as i64)).collect::<Vec<_>>();
+    let rect = min_area_rect(&ints(&mut pts.iter().copied()));
+    let (w, h) = (rect.1.0 as f64, rect.1.1 as f64);
     // docTR adds one pixel to each side to correct OpenCV's approximation.
     let distance = (w + 1.0) * (h + 1.0) * params.unclip_ratio as f64 / (2.0 * (w + h) + 2.0);
     // pyclipper takes integer coordinates: it truncates boxPoints' floats.
-    let grown = unclip(&corners.map(|(x, y)| ((x + 1e-6).trunc(), (y + 1e-6).trunc())), distance)?;
-    let grown_pts: Vec<(f64, f64)> = grown.exterior().0.iter().map(|c| (c.x, c.y)).collect();
-    let (box4, _, _) = min_area_rect(&grown_pts)?;
+    let corners: Vec<(f64, f64)> = box_points(rect).iter().map(|&[x, y]| ((x as f64).trunc(), (y as f64).trunc())).collect();
+    let grown = unclip(&corners, distance)?;
+    // pyclipper lists Clipper's output ring one vertex later than the PolyTree geo-clipper reads,
+    // and without the closing vertex: the hull's first vertex depends on that order.
+    let ring = &grown.exterior().0;
+    let open = &ring[..ring.len() - usize::from(ring.len() > 1 && ring.first() == ring.last())];
+    let grown_pts = ints(&mut open.iter().cycle().skip(1).take(open.len()).map(|c| (c.x, c.y)));
+    let box4 = box_points(min_area_rect(&grown_pts)).map(|[x, y]| (x as f64, y as f64));
     let ordered = order_points(box4);
     let diag = ((ordered[2].0 - ordered[0].0).powi(2) + (ordered[2].1 - ordered[0].1).powi(2)).sqrt();
     if params.drop_small && diag < MIN_SIZE_BOX {

@@ -1,8 +1,8 @@
 //! Kiln's own kernels for the flex CPU backend, where profiles show Burn's slow for docTR's
 //! graphs: dense 2-D convolution as NCHW im2col in row tiles + `gemm` (Burn runs the RGB stems —
-//! 3 input channels, stride 2 — through scalar strided loops), bilinear resizing with the
-//! interpolation weights computed once per row and column (DB's FPN upsampling), and element-wise
-//! activations in place (Burn's HardSwish is two passes and an allocation). They read and write flex tensors
+//! 3 input channels, stride 2 — through scalar strided loops), depthwise convolution plane by
+//! plane, bilinear resizing with the interpolation weights computed once per row and column (DB's
+//! FPN upsampling), and element-wise activations in place (Burn's HardSwish is two passes and an allocation). They read and write flex tensors
 //! in place; other backends, and tensors flex holds as strided views, keep Burn's ops.
 
 use std::cell::RefCell;
@@ -153,12 +153,16 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     if xs.len() != g.input.iter().product::<usize>() || ws.len() != m * (c / g.groups) * g.kernel[0] * g.kernel[1] {
         return None;
     }
-    // Depthwise convolutions stay with Burn: flex's direct loop beats im2col there.
-    if c / g.groups == 1 && g.kernel != [1, 1] {
-        return None;
-    }
     let mut out = vec![0f32; n * m * oh * ow];
-    grouped(xs, ws, bs, epilogue, &mut out, g);
+    if c / g.groups == 1 && g.kernel != [1, 1] {
+        // Depthwise: im2col would copy every input k² times for one multiply-add each.
+        if m != g.groups {
+            return None;
+        }
+        depthwise(xs, ws, bs, epilogue, &mut out, g);
+    } else {
+        grouped(xs, ws, bs, epilogue, &mut out, g);
+    }
     Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
 }
 
@@ -233,6 +237,47 @@ fn grouped(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
     } else {
         (0..tasks).for_each(run);
     }
+}
+
+/// Depthwise convolution (one filter per channel), one output plane per task: the plane starts
+/// at the bias and each filter tap adds its weight times the shifted input rows, so the inner
+/// loop is a contiguous multiply-add the compiler vectorises (strided when the conv is).
+fn depthwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+    let [_, c, h, wd] = g.input;
+    let [_, _, oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [ph, pw] = g.pad;
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+        let ch = p % c;
+        let plane = &xs[p * h * wd..(p + 1) * h * wd];
+        let taps = &ws[ch * kh * kw..(ch + 1) * kh * kw];
+        o.fill(bias.map_or(0.0, |b| b[ch]));
+        for ki in 0..kh {
+            let (vy0, vy1) = valid(ki, sh, dh, ph, h, oh);
+            for kj in 0..kw {
+                let (ox0, ox1) = valid(kj, sw, dw, pw, wd, ow);
+                if ox0 >= ox1 {
+                    continue;
+                }
+                let wt = taps[ki * kw + kj];
+                let x0 = ox0 * sw + kj * dw - pw;
+                for oy in vy0..vy1 {
+                    let src = &plane[(oy * sh + ki * dh - ph) * wd..][..wd];
+                    let dst = &mut o[oy * ow + ox0..oy * ow + ox1];
+                    if sw == 1 {
+                        dst.iter_mut().zip(&src[x0..x0 + (ox1 - ox0)]).for_each(|(d, s)| *d += wt * s);
+                    } else {
+                        dst.iter_mut().zip(src[x0..].iter().step_by(sw)).for_each(|(d, s)| *d += wt * s);
+                    }
+                }
+            }
+        }
+        if let Some(e) = epilogue {
+            e.apply(o);
+        }
+    });
 }
 
 /// Fills `cols[K, (oy1−oy0)·OW]` for one group's channels `x[Cg, H, W]`.

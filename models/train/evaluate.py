@@ -134,6 +134,37 @@ def make_pages(seed, n, turn):
     return pages
 
 
+def detected_crops(det, page, polys):
+    """The crops docTR's ocr_predictor cuts from `page` with rotated boxes (the detector's boxes,
+    `extract_rcrops`), each with the orientation class of the true word under its centre: the
+    crop classifier's inputs as it meets them at inference. `polys` are the true (N, 4, 2)
+    polygons, clockwise from the word's own top-left; crops over no word or over two are left out."""
+    import cv2
+    from doctr.utils.geometry import detach_scores, extract_rcrops
+
+    (boxes,), _ = detach_scores([next(iter(det([page])[0].values()))])
+    if not len(boxes):
+        return []
+    h, w = page.shape[:2]
+    corners = boxes[:, :4] * np.array([w, h], dtype=np.float32)
+    out = []
+    for crop, box in zip(extract_rcrops(page, boxes[:, :4]), corners):
+        if min(crop.shape[:2]) < 2:
+            continue
+        c = (float(box[:, 0].mean()), float(box[:, 1].mean()))
+        under = [p for p in polys if cv2.pointPolygonTest(np.asarray(p, np.float32), c, False) >= 0]
+        if len(under) != 1:
+            continue
+        # The word's reading direction in the crop's frame (x along box[0]->box[1], y along box[1]->box[2]).
+        t = under[0][1] - under[0][0]
+        ax, ay = box[1] - box[0], box[2] - box[1]
+        x, y = t @ ax / np.linalg.norm(ax), t @ ay / np.linalg.norm(ay)
+        # Reading right, up, left, down: classes 0, 1 (np.rot90 once), 2, 3 (synth.turn).
+        k = (0 if x > 0 else 2) if abs(x) >= abs(y) else (1 if y < 0 else 3)
+        out.append((crop, k))
+    return out
+
+
 @torch.no_grad()
 def classifier_accuracy(models, seed, n):
     """The orientation classifiers alone, through docTR's predictors, on held-out crops and pages."""
@@ -166,7 +197,7 @@ def classifier_accuracy(models, seed, n):
     for i in range(n):
         img, polys, _, _, _ = synth.eval_page(rng, words, fonts)
         img, polys = synth.rotate(img, polys, 90 * (i % 4) + rng.uniform(-5, 5), (255, 255, 255))
-        cut += train.detected_crops(det, synth.degrade(rng, img, 0.6), polys)
+        cut += detected_crops(det, synth.degrade(rng, img, 0.6), polys)
     got_cut = crop_orientation_predictor(models["crop_orientation"])([c for c, _ in cut])[0]
     return {
         "crop_orientation_accuracy": float(np.mean(np.array(got) == np.array(crop_k))),

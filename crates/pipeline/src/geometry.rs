@@ -2,8 +2,9 @@
 
 use geo::{Coord, MinimumRotatedRect, MultiPoint, Point};
 use image::{Rgb, RgbImage};
-use crate::warp::{affine_transform, warp_affine};
 use imageproc::geometric_transformations::{Interpolation, Projection, warp_into};
+
+use crate::warp::{affine_transform, warp_affine};
 
 /// A word's place on the page.
 #[derive(Debug, Clone, Copy, PartialEq)]

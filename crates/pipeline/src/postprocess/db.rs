@@ -154,13 +154,17 @@ fn straight_box(
     })
 }
 
+/// Integer pixel coordinates, as OpenCV receives docTR's contours and pyclipper's output.
+fn integers<'a>(pts: impl Iterator<Item = &'a (f64, f64)>) -> Vec<(i64, i64)> {
+    pts.map(|&(x, y)| (x as i64, y as i64)).collect()
+}
+
 fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], params: &PostProcess) -> Option<Detection> {
     let score = polygon_mean(prob, height, width, pts);
     if score < params.box_thresh {
         return None;
     }
-    let ints = |v: &mut dyn Iterator<Item = (f64, f64)>| v.map(|(x, y)| (x as i64, y as i64)).collect::<Vec<_>>();
-    let rect = min_area_rect(&ints(&mut pts.iter().copied()));
+    let rect = min_area_rect(&integers(pts.iter()));
     let (w, h) = (rect.1.0 as f64, rect.1.1 as f64);
     // docTR adds one pixel to each side to correct OpenCV's approximation.
     let distance = (w + 1.0) * (h + 1.0) * params.unclip_ratio as f64 / (2.0 * (w + h) + 2.0);
@@ -171,7 +175,7 @@ fn rotated_box(prob: &[f32], height: usize, width: usize, pts: &[(f64, f64)], pa
     // and without the closing vertex: the hull's first vertex depends on that order.
     let ring = &grown.exterior().0;
     let open = &ring[..ring.len() - usize::from(ring.len() > 1 && ring.first() == ring.last())];
-    let grown_pts = ints(&mut open.iter().cycle().skip(1).take(open.len()).map(|c| (c.x, c.y)));
+    let grown_pts: Vec<(i64, i64)> = open.iter().cycle().skip(1).take(open.len()).map(|c| (c.x as i64, c.y as i64)).collect();
     let box4 = box_points(min_area_rect(&grown_pts)).map(|[x, y]| (x as f64, y as f64));
     let ordered = order_points(box4);
     let diag = ((ordered[2].0 - ordered[0].0).powi(2) + (ordered[2].1 - ordered[0].1).powi(2)).sqrt();

@@ -277,3 +277,111 @@ fn conv_matches_its_definition() {
         assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} {act}: off by {worst}");
     }
 }
+
+/// Transposed NCHW convolution by its definition: input `(iy, ix)` through tap `(ky, kx)` adds
+/// into output `(iy·s + ky·d − top, ix·s + kx·d − left)`.
+#[allow(clippy::too_many_arguments)]
+fn conv_transpose_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32], stride: usize, dil: usize, pads: [usize; 4], out_pad: usize, groups: usize) -> (Vec<f32>, [usize; 4]) {
+    let [n, c, h, wd] = xs;
+    let [_, mg, kh, kw] = ws;
+    let (cg, m) = (c / groups, mg * groups);
+    let oh = stride * (h - 1) + out_pad + dil * (kh - 1) + 1 - pads[0] - pads[2];
+    let ow = stride * (wd - 1) + out_pad + dil * (kw - 1) + 1 - pads[1] - pads[3];
+    let mut out = vec![0f32; n * m * oh * ow];
+    for i in 0..n {
+        for co in 0..m {
+            out[(i * m + co) * oh * ow..(i * m + co + 1) * oh * ow].fill(b[co]);
+        }
+        for ci in 0..c {
+            let grp = ci / cg;
+            for j in 0..mg {
+                let co = grp * mg + j;
+                for iy in 0..h {
+                    for ix in 0..wd {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let oy = (iy * stride + ky * dil) as isize - pads[0] as isize;
+                                let ox = (ix * stride + kx * dil) as isize - pads[1] as isize;
+                                if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                    continue;
+                                }
+                                out[((i * m + co) * oh + oy as usize) * ow + ox as usize] +=
+                                    x[((i * c + ci) * h + iy) * wd + ix] * w[((ci * mg + j) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (out, [n, m, oh, ow])
+}
+
+#[test]
+fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
+    // (input, weight [C, M/g, kh, kw], stride, dilation, pads t/l/b/r, output padding, groups):
+    // DB's 2×2 stride-2 head, LinkNet's 3×3 stride-2 decoder, a dilated one with asymmetric pads,
+    // a grouped one (Burn's kernel).
+    let cases: &[([usize; 4], [usize; 4], usize, usize, [usize; 4], usize, usize)] = &[
+        ([2, 3, 5, 6], [3, 4, 2, 2], 2, 1, [0, 0, 0, 0], 0, 1),
+        ([1, 4, 5, 5], [4, 3, 3, 3], 2, 1, [1, 1, 1, 1], 1, 1),
+        ([1, 2, 4, 3], [2, 3, 3, 2], 1, 2, [1, 0, 0, 1], 0, 1),
+        ([1, 4, 3, 3], [4, 2, 2, 2], 2, 1, [0, 0, 0, 0], 0, 2),
+    ];
+    let mut seed = 7u32;
+    let mut rand = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    for &(xs, ws, stride, dil, pads, out_pad, groups) in cases {
+        let m = ws[1] * groups;
+        let (x, w, bias) = (rand(xs.iter().product()), rand(ws.iter().product()), rand(m));
+        let (scale, shift, mean) = (rand(m), rand(m), rand(m));
+        let var: Vec<f32> = rand(m).iter().map(|v| v + 1.0).collect();
+        let (conv, os) = conv_transpose_reference(&x, xs, &w, ws, &bias, stride, dil, pads, out_pad, groups);
+        let want: Vec<f32> = conv
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / (os[2] * os[3])) % m;
+                ((v - mean[ch]) / (var[ch] + 1e-5).sqrt() * scale[ch] + shift[ch]).max(0.0)
+            })
+            .collect();
+        let i64s = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let b = OnnxBuilder::new(17)
+            .input("x", FLOAT, &i64s(&xs))
+            .init_f32("w", &i64s(&ws), &w)
+            .init_f32("b", &[m as i64], &bias)
+            .init_f32("scale", &[m as i64], &scale)
+            .init_f32("shift", &[m as i64], &shift)
+            .init_f32("mean", &[m as i64], &mean)
+            .init_f32("var", &[m as i64], &var)
+            .node(
+                "ConvTranspose",
+                &["x", "w", "b"],
+                &["c"],
+                &[
+                    ("kernel_shape", A::Ints(i64s(&ws[2..]))),
+                    ("strides", A::Ints(vec![stride as i64; 2])),
+                    ("dilations", A::Ints(vec![dil as i64; 2])),
+                    ("pads", A::Ints(i64s(&pads))),
+                    ("output_padding", A::Ints(vec![out_pad as i64; 2])),
+                    ("group", A::Int(groups as i64)),
+                ],
+            )
+            .node("BatchNormalization", &["c", "scale", "shift", "mean", "var"], &["n"], &[])
+            .node("Relu", &["n"], &["y"], &[])
+            .output("y", FLOAT, &i64s(&os));
+        let (out, g, steps) = run(b, TensorData::new(x, xs.to_vec()));
+        assert_eq!(out[0].shape().as_slice(), os.as_slice(), "case {xs:?} {ws:?}");
+        assert_eq!(g.load_stats().batchnorms_folded, 1, "case {xs:?} {ws:?}");
+        assert_eq!(steps, 1, "case {xs:?} {ws:?}: BatchNormalization and Relu run inside the ConvTranspose");
+        let got = floats(&out[0]);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} groups {groups}: off by {worst}");
+    }
+}

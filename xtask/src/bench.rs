@@ -384,14 +384,34 @@ fn noise(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Prints where one forward's time goes: per op type, then the slowest nodes.
-pub fn profile(manifest: &Manifest, name: &str, batch: Option<usize>, backend: Backend, runs: usize, top: usize) -> Result<()> {
+/// Prints where one forward's time goes: per op type, then the slowest nodes; on CubeCL backends
+/// first the kernels one steady-state forward launches, by name, in `mode`.
+pub fn profile(
+    manifest: &Manifest,
+    name: &str,
+    batch: Option<usize>,
+    backend: Backend,
+    mode: Mode,
+    runs: usize,
+    top: usize,
+) -> Result<()> {
     let entry = manifest.model(name)?;
     let shape = cpu_shape(entry, batch);
     let graph = Graph::load(manifest.path(&entry.onnx))?;
-    let plan = graph.compile(backend, Mode::Eager, std::slice::from_ref(&shape))?;
+    let plan = graph.compile(backend, mode, std::slice::from_ref(&shape))?;
     let input = TensorData::new(noise(shape.iter().product()), shape.clone());
     plan.run(std::slice::from_ref(&input))?;
+    if backend.fuses() {
+        kiln_graph::sync(plan.device())?;
+        let counter = LaunchCounter::start();
+        plan.run(std::slice::from_ref(&input))?;
+        kiln_graph::sync(plan.device())?;
+        println!("{name} {shape:?} on {backend} {mode}: {} kernel launches", counter.count());
+        for (kernel, n) in counter.by_kernel() {
+            println!("{n:>6}  {kernel}");
+        }
+        println!();
+    }
     let mut best: Vec<kiln_graph::StepTime> = vec![];
     for _ in 0..runs.max(1) {
         let times = plan.profile(std::slice::from_ref(&input))?;

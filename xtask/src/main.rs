@@ -122,6 +122,9 @@ enum Task {
         batch: Option<usize>,
         #[arg(long, default_value = "flex")]
         backend: String,
+        /// `fused` or `eager` (CubeCL backends; step times always sync, so they time eager work).
+        #[arg(long, default_value = "eager")]
+        mode: String,
         /// Profiled forwards after one warm-up; each step's time is its minimum over them.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -201,9 +204,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Profile { model, batch, backend, runs, top } => {
+        Task::Profile { model, batch, backend, mode, runs, top } => {
             let manifest = Manifest::load(&fixtures_dir())?;
-            bench::profile(&manifest, &model, batch, backend.parse()?, runs, top)
+            bench::profile(&manifest, &model, batch, backend.parse()?, mode.parse()?, runs, top)
         }
         Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
         Task::BenchE2eWorker { mode, runs, files } => bench_e2e::worker(&mode, runs, &files),

@@ -15,7 +15,7 @@ use super::cpu_kernels::{self, ConvGeometry, Epilogue};
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
 use crate::passes;
-use crate::tensor::{B, expand, reshape, slice, to_rank};
+use crate::tensor::{B, T, expand, reshape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -210,15 +210,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
         }
         let y = B::conv2d(x, w, b, options.clone());
-        vec![lift(match epilogue {
-            None => y,
-            Some(Epilogue::Relu) => B::relu(y),
-            Some(Epilogue::HardSwish) => {
-                let g = B::hard_sigmoid(y.clone(), (1.0f64 / 6.0).into(), 0.5f64.into());
-                B::float_mul(y, g)
-            }
-            Some(Epilogue::Clip(lo, hi)) => B::float_clamp(y, (lo as f64).into(), (hi as f64).into()),
-        })]
+        vec![lift(apply_epilogue(y, epilogue))]
     })
 }
 
@@ -276,15 +268,43 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
     if bias.is_some() {
         uses.push(2);
     }
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+    let epilogue = conv_epilogue(node)?;
+    let geometry = ConvGeometry {
+        input: [xs[0], xs[1], xs[2], xs[3]],
+        output: [out[0], out[1], out[2], out[3]],
+        kernel: [ws[2], ws[3]],
+        stride: win.stride,
+        dilation: win.dilation,
+        pad: [win.pads[0].0, win.pads[1].0],
+        groups,
+    };
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let b = (v.len() == 3).then(|| v.remove(2));
         let w = v.remove(1);
-        let y = B::conv_transpose2d(v.remove(0), w, b, options.clone());
-        vec![match &crop {
+        let x = v.remove(0);
+        if let Some(y) = cpu_kernels::conv_transpose2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
+            return vec![y];
+        }
+        let y = B::conv_transpose2d(x, w, b, options.clone());
+        let y = match &crop {
             Some(c) => slice(y, c),
             None => y,
-        }]
+        };
+        vec![apply_epilogue(y, epilogue)]
     })
+}
+
+/// The activation a load pass folded into a conv, on backends without Kiln's CPU kernels.
+fn apply_epilogue(y: T, epilogue: Option<Epilogue>) -> T {
+    match epilogue {
+        None => y,
+        Some(Epilogue::Relu) => B::relu(y),
+        Some(Epilogue::HardSwish) => {
+            let g = B::hard_sigmoid(y.clone(), (1.0f64 / 6.0).into(), 0.5f64.into());
+            B::float_mul(y, g)
+        }
+        Some(Epilogue::Clip(lo, hi)) => B::float_clamp(y, (lo as f64).into(), (hi as f64).into()),
+    }
 }
 
 fn lower_pool(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {

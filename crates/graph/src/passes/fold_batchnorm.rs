@@ -1,5 +1,6 @@
-//! Folds an inference `BatchNormalization` into the `Conv` that feeds it: the conv's weights are
-//! scaled per output channel and its bias shifted, so the normalisation costs nothing at run time.
+//! Folds an inference `BatchNormalization` into the `Conv` or `ConvTranspose` that feeds it: the
+//! weights are scaled per output channel and the bias shifted, so the normalisation costs nothing
+//! at run time (DB's head normalises after each transposed convolution).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         }
         let Some(&ci) = producer.get(bn.inputs[0].as_str()) else { continue };
         let conv = &g.nodes[ci];
-        if conv.op != "Conv"
+        if !matches!(conv.op.as_str(), "Conv" | "ConvTranspose")
             || consumers.get(bn.inputs[0].as_str()) != Some(&1)
             || protected.contains(&bn.inputs[0])
             || !init.contains_key(conv.inputs.get(1).map(String::as_str).unwrap_or(""))
@@ -57,11 +58,8 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         let w = &init[&conv.inputs[1]];
         let wshape = w.shape().to_vec();
         let Ok(wv) = w.as_slice::<f32>() else { continue };
-        if wshape.first() != Some(&a.len()) {
-            continue;
-        }
-        let per = wv.len() / a.len();
-        let scaled: Vec<f32> = wv.iter().enumerate().map(|(i, x)| x * a[i / per]).collect();
+        let Some(channel) = output_channel(conv, &wshape, a.len()) else { continue };
+        let scaled: Vec<f32> = wv.iter().enumerate().map(|(i, x)| x * a[channel(i)]).collect();
         let bias: Vec<f32> = match conv.input(2).and_then(floats) {
             Some(b0) if b0.len() == a.len() => b0.iter().zip(&a).zip(&shift).map(|((b, a), s)| b * a + s).collect(),
             Some(_) => continue,
@@ -82,4 +80,28 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
     }
     super::apply(g, &dropped, new_inits);
     folded
+}
+
+/// Maps a weight element's flat index to its output channel: `Conv` weights are
+/// `[M, C/g, kh, kw]`; `ConvTranspose` weights `[C, M/g, kh, kw]`, input channel `c` in group
+/// `c / (C/g)`.
+fn output_channel(conv: &Node, wshape: &[usize], channels: usize) -> Option<Box<dyn Fn(usize) -> usize>> {
+    if wshape.len() < 2 || wshape.contains(&0) {
+        return None;
+    }
+    if conv.op == "Conv" {
+        let per = wshape[1..].iter().product::<usize>();
+        return (wshape[0] == channels).then(|| Box::new(move |i: usize| i / per) as Box<dyn Fn(usize) -> usize>);
+    }
+    let taps: usize = wshape[2..].iter().product();
+    let groups = conv.int("group", 1).ok()?.max(1) as usize;
+    let (c, mg) = (wshape[0], wshape[1]);
+    if mg * groups != channels || c % groups != 0 {
+        return None;
+    }
+    let cg = c / groups;
+    Some(Box::new(move |i: usize| {
+        let (ci, j) = (i / (mg * taps), (i / taps) % mg);
+        (ci / cg) * mg + j
+    }))
 }

@@ -3,7 +3,7 @@
 //! - `x · clip(x + 3, 0, 6) / 6` (HardSwish written in elementary ops) → `HardSwish(x)`;
 //! - `Conv → Mul(scale) → Add(shift)` with constant scale and shift (PP-LCNet's learnable affine
 //!   blocks) → the Conv, its weights scaled and bias shifted per output channel;
-//! - `Conv → Relu | HardSwish | Clip(lo, hi)` → the Conv with the activation as its epilogue
+//! - `Conv | ConvTranspose → Relu | HardSwish | Clip(lo, hi)` → the conv with the activation as its epilogue
 //!   (attribute `kiln_activation`), so the CPU kernel applies it while the output tile is hot.
 
 use std::collections::HashMap;
@@ -219,13 +219,13 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
     fused
 }
 
-/// Folds the activation that is a Conv's only consumer into the Conv.
+/// Folds the activation that is a Conv's (or ConvTranspose's) only consumer into it.
 fn fuse_conv_activation(g: &mut Subgraph, protected: &[String]) -> usize {
     let ix = Index::new(g, protected);
     let mut dropped = vec![false; g.nodes.len()];
     let mut rewrites: Vec<(usize, Node)> = vec![];
     for (ci, conv) in g.nodes.iter().enumerate() {
-        if conv.op != "Conv" || conv.attrs.contains_key(CONV_ACTIVATION) {
+        if !matches!(conv.op.as_str(), "Conv" | "ConvTranspose") || conv.attrs.contains_key(CONV_ACTIVATION) {
             continue;
         }
         let Some((ai, act)) = ix.sole_consumer(g, &conv.outputs[0]) else { continue };

@@ -15,6 +15,55 @@ use rayon::prelude::*;
 
 use crate::tensor::{B, Ctx, T};
 
+/// The widest vector unit this CPU has: 2 AVX-512, 1 AVX2 with FMA, 0 neither.
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    static LEVEL: std::sync::LazyLock<u8> = std::sync::LazyLock::new(|| {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            2
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            1
+        } else {
+            0
+        }
+    });
+    *LEVEL
+}
+
+/// Defines a function whose body is compiled three times — for AVX-512, for AVX2 with FMA and for
+/// baseline x86-64 — and runs the widest the CPU has. Kiln is built for baseline x86-64 (SSE2), so
+/// its loops would otherwise use 4-wide vectors on machines with 16-wide ones.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v4($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v3($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                match simd_level() {
+                    // SAFETY: the CPU has the features these versions are compiled for.
+                    2 => return unsafe { v4($($arg),*) },
+                    1 => return unsafe { v3($($arg),*) },
+                    _ => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// Applies `f` to every element in place when `t` is a contiguous f32 flex tensor this step owns
 /// alone; otherwise hands `t` back.
 pub fn map_in_place(t: T, f: impl Fn(f32) -> f32 + Sync) -> Result<T, T> {
@@ -69,18 +118,26 @@ pub fn resize_bilinear(ctx: &Ctx, x: &T, shape: &[usize], size: [usize; 2], alig
     };
     let (ty, tx) = (taps(h, oh), taps(w, ow));
     let mut out = vec![0f32; n * c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
-        let plane = &xs[p * h * w..(p + 1) * h * w];
-        for (orow, &(y0, y1, wy)) in o.chunks_mut(ow).zip(&ty) {
-            let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
-            for (v, &(x0, x1, wx)) in orow.iter_mut().zip(&tx) {
-                let top = r0[x0] + wx * (r0[x1] - r0[x0]);
-                let bottom = r1[x0] + wx * (r1[x1] - r1[x0]);
-                *v = top + wy * (bottom - top);
-            }
-        }
+    out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |mid, (p, o)| {
+        resize_plane(&xs[p * h * w..(p + 1) * h * w], w, o, &ty, &tx, mid)
     });
     Some(B::float_from_data(TensorData::new(out, vec![n, c, oh, ow]), &ctx.device))
+}
+
+simd_fn! {
+/// One plane of [`resize_bilinear`]: each output row interpolates its two input rows into `mid`
+/// (contiguous, vectorised), then gathers the output columns from it.
+fn resize_plane(plane: &[f32], w: usize, o: &mut [f32], ty: &[(usize, usize, f32)], tx: &[(usize, usize, f32)], mid: &mut Vec<f32>) {
+    let ow = tx.len();
+    mid.resize(w, 0.0);
+    for (orow, &(y0, y1, wy)) in o.chunks_mut(ow).zip(ty) {
+        let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
+        mid.iter_mut().zip(r0.iter().zip(r1)).for_each(|(m, (&a, &b))| *m = a + wy * (b - a));
+        for (v, &(x0, x1, wx)) in orow.iter_mut().zip(tx) {
+            *v = mid[x0] + wx * (mid[x1] - mid[x0]);
+        }
+    }
+}
 }
 
 /// A convolution's geometry, fixed at lowering.
@@ -107,53 +164,14 @@ thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The widest vector unit this CPU has: 2 AVX-512, 1 AVX2 with FMA, 0 neither.
-#[cfg(target_arch = "x86_64")]
-fn simd_level() -> u8 {
-    static LEVEL: std::sync::LazyLock<u8> = std::sync::LazyLock::new(|| {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            2
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            1
-        } else {
-            0
+/// A contiguous copy of a flex float tensor held as a strided view; `None` on other backends.
+fn contiguous_flex(t: &T) -> Option<T> {
+    match &t.kind {
+        DispatchTensorKind::Flex(BackendTensor::Float(f)) => {
+            Some(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(f.to_contiguous())), autodiff: t.autodiff.clone() })
         }
-    });
-    *LEVEL
-}
-
-/// Defines a function whose body is compiled three times — for AVX-512, for AVX2 with FMA and for
-/// baseline x86-64 — and runs the widest the CPU has. Kiln is built for baseline x86-64 (SSE2), so
-/// its loops would otherwise use 4-wide vectors on machines with 16-wide ones.
-macro_rules! simd_fn {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v4($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v3($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                match simd_level() {
-                    // SAFETY: the CPU has the features these versions are compiled for.
-                    2 => return unsafe { v4($($arg),*) },
-                    1 => return unsafe { v3($($arg),*) },
-                    _ => {}
-                }
-            }
-            body($($arg),*)
-        }
-    };
+        _ => None,
+    }
 }
 
 fn flex_slice(t: &T) -> Option<&[f32]> {
@@ -406,14 +424,23 @@ fn grouped(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
 /// classifier at batch 64: its 5×5 depthwise layers 12.8 → 5 ms each.
 fn depthwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
     let [_, _, oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let hp = (oh - 1) * sh + (kh - 1) * dh + 1;
+    let wq = ((ow - 1) * sw + (kw - 1) * dw + 1).div_ceil(sw);
+    // Tap `(ki, kj)` reads phase `kj·dw mod sw`, `ki·dh` rows and `kj·dw / sw` columns in.
+    let offs: Vec<usize> =
+        (0..kh * kw).map(|t| ((t % kw * dw) % sw * hp + t / kw * dh) * wq + (t % kw * dw) / sw).collect();
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(phases, acc), (p, o)| depthwise_plane(xs, ws, bias, epilogue, g, p, o, phases, acc),
+        |(phases, acc), (p, o)| depthwise_plane(xs, ws, bias, epilogue, g, &offs, p, o, phases, acc),
     );
 }
 
 simd_fn! {
-/// One output plane of [`depthwise`]; `phases` and `acc` are scratch reused across planes.
+/// One output plane of [`depthwise`]; `offs` are the taps' offsets into `phases`, which, like
+/// `acc`, is scratch reused across planes.
 #[allow(clippy::too_many_arguments)]
 fn depthwise_plane(
     xs: &[f32],
@@ -421,6 +448,7 @@ fn depthwise_plane(
     bias: Option<&[f32]>,
     epilogue: Option<Epilogue>,
     g: &ConvGeometry,
+    offs: &[usize],
     p: usize,
     o: &mut [f32],
     phases: &mut Vec<f32>,
@@ -442,21 +470,18 @@ fn depthwise_plane(
     phases.resize(sw * hp * wq, 0.0);
     fill_phases(plane, g, hp, wq, phases);
     let b = bias.map_or(0.0, |b| b[ch]);
-    // Tap `(ki, kj)` reads phase `kj·dw mod sw`, `ki·dh` rows and `kj·dw / sw` columns in.
-    let offs: Vec<usize> =
-        (0..kh * kw).map(|t| ((t % kw * dw) % sw * hp + t / kw * dh) * wq + (t % kw * dw) / sw).collect();
     if sh == 1 {
         // Output `(oy, ox)` at `oy·wq + ox`: the whole plane is one run of taps (the columns past
         // `OW` are computed and dropped).
         let len = (oh - 1) * wq + ow;
         acc.resize(len, 0.0);
-        tap_sum(&mut acc[..len], b, phases, &offs, taps);
+        tap_sum(&mut acc[..len], b, phases, offs, taps);
         for (oy, row) in o.chunks_mut(ow).enumerate() {
             row.copy_from_slice(&acc[oy * wq..oy * wq + ow]);
         }
     } else {
         for (oy, row) in o.chunks_mut(ow).enumerate() {
-            tap_sum(row, b, &phases[oy * sh * wq..], &offs, taps);
+            tap_sum(row, b, &phases[oy * sh * wq..], offs, taps);
         }
     }
     if let Some(e) = epilogue {
@@ -615,4 +640,132 @@ impl SendPtr {
     fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// An LSTM's weights for [`lstm`], per direction: `W [4H, I]`, `R [4H, H]` (ONNX's gate order
+/// i, o, f, c) and the summed biases `Wb + Rb [4H]`.
+pub struct LstmWeights {
+    pub w: Vec<f32>,
+    pub r: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// A sequence-first (`layout = 0`) LSTM: per direction one gemm projects every time step's input,
+/// then each step adds `h · Rᵀ` into its gate rows with one small gemm and updates `c` and `h` in
+/// one pass over the gates (Burn's ops spend ~10 allocations and passes per step). Returns `Y`
+/// `[S, D, N, H]`, `Y_h` and `Y_c` `[D, N, H]`; `None` leaves it to Burn's ops.
+pub fn lstm(
+    ctx: &Ctx,
+    x: &T,
+    h0: Option<&T>,
+    c0: Option<&T>,
+    dirs: &[(LstmWeights, bool)],
+    [seq, batch, input, hidden]: [usize; 4],
+) -> Option<[T; 3]> {
+    if !enabled() {
+        return None;
+    }
+    // Sequence-first input often arrives as a transposed view (CRNN's features): copy it once.
+    let copied;
+    let xs = match flex_slice(x) {
+        Some(xs) => xs,
+        None => {
+            copied = contiguous_flex(x)?;
+            flex_slice(&copied)?
+        }
+    };
+    let nd = dirs.len();
+    fn state(t: Option<&T>, len: usize) -> Option<Option<&[f32]>> {
+        match t {
+            None => Some(None),
+            Some(t) => flex_slice(t).filter(|s| s.len() == len).map(Some),
+        }
+    }
+    let (h0, c0) = (state(h0, nd * batch * hidden)?, state(c0, nd * batch * hidden)?);
+    if xs.len() != seq * batch * input {
+        return None;
+    }
+    let g = 4 * hidden;
+    let mut y = vec![0f32; seq * nd * batch * hidden];
+    let mut yh = vec![0f32; nd * batch * hidden];
+    let mut yc = vec![0f32; nd * batch * hidden];
+    let mut gates = vec![0f32; seq * batch * g];
+    let threads = rayon::current_num_threads();
+    for (d, (wts, backward)) in dirs.iter().enumerate() {
+        let state = d * batch * hidden..(d + 1) * batch * hidden;
+        let h = &mut yh[state.clone()];
+        let c = &mut yc[state.clone()];
+        h.copy_from_slice(h0.map_or(&vec![0.0; batch * hidden][..], |s| &s[state.clone()]));
+        c.copy_from_slice(c0.map_or(&vec![0.0; batch * hidden][..], |s| &s[state.clone()]));
+        for row in gates.chunks_mut(g) {
+            row.copy_from_slice(&wts.b);
+        }
+        // SAFETY: gates `[S·N, 4H]` += x `[S·N, I]` · Wᵀ (W row-major `[4H, I]`); all in bounds.
+        unsafe {
+            gemm::gemm(
+                seq * batch, g, input, gates.as_mut_ptr(), 1, g as isize, true, xs.as_ptr(), 1, input as isize,
+                wts.w.as_ptr(), input as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(threads),
+            );
+        }
+        for s in 0..seq {
+            let t = if *backward { seq - 1 - s } else { s };
+            let step = &mut gates[t * batch * g..(t + 1) * batch * g];
+            // SAFETY: step `[N, 4H]` += h `[N, H]` · Rᵀ (R row-major `[4H, H]`).
+            unsafe {
+                gemm::gemm(
+                    batch, g, hidden, step.as_mut_ptr(), 1, g as isize, true, h.as_ptr(), 1, hidden as isize,
+                    wts.r.as_ptr(), hidden as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                );
+            }
+            lstm_cell(step, c, h, hidden);
+            let out = (t * nd + d) * batch * hidden;
+            y[out..out + batch * hidden].copy_from_slice(h);
+        }
+    }
+    let t = |v: Vec<f32>, shape: Vec<usize>| B::float_from_data(TensorData::new(v, shape), &ctx.device);
+    Some([
+        t(y, vec![seq, nd, batch, hidden]),
+        t(yh, vec![nd, batch, hidden]),
+        t(yc, vec![nd, batch, hidden]),
+    ])
+}
+
+simd_fn! {
+/// One LSTM step's gate activations and state update for every batch row:
+/// `c = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`.
+fn lstm_cell(gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
+    for ((row, c), h) in gates.chunks(4 * hidden).zip(c.chunks_mut(hidden)).zip(h.chunks_mut(hidden)) {
+        let (i, rest) = row.split_at(hidden);
+        let (o, rest) = rest.split_at(hidden);
+        let (f, g) = rest.split_at(hidden);
+        for j in 0..hidden {
+            let cj = sigmoid(f[j]) * c[j] + sigmoid(i[j]) * tanh(g[j]);
+            c[j] = cj;
+            h[j] = sigmoid(o[j]) * tanh(cj);
+        }
+    }
+}
+}
+
+/// `eˣ` by Cephes' `expf` polynomial (relative error ~1e-7), written so it vectorises: libm's
+/// `exp` is a call per element.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
+        + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }

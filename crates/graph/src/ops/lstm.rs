@@ -1,10 +1,12 @@
 //! ONNX LSTM (docTR's CRNN and SAR heads), unrolled over the sequence length known at lowering.
 //! The input projection for all time steps is one matmul; each step is a small matmul plus
-//! element-wise gates, which the fused backends merge.
+//! element-wise gates, which the fused backends merge. On flex, Kiln's kernel runs the same
+//! recurrence in place (`cpu_kernels::lstm`).
 
 use burn_backend::ops::{ActivationOps, FloatTensorOps};
 use burn_backend::{Shape, TensorData};
 
+use super::cpu_kernels::{self, LstmWeights};
 use super::{Input, Lowering, TypeInfo, const_floats, input, kernel_with, opt_input};
 use crate::error::{Result, bail};
 use crate::model::{ElemType, Node};
@@ -62,6 +64,21 @@ pub fn lower(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         Some(b) => const_floats(b, "LSTM B")?,
         None => vec![0.0; dirs * 2 * g],
     };
+    let reverse_only = direction == "reverse";
+    // Host copies for the flex kernel (untransposed, biases summed), with each direction's sense.
+    let host: std::sync::Arc<Vec<(LstmWeights, bool)>> = std::sync::Arc::new(
+        (0..dirs)
+            .map(|d| {
+                let b = &bv[d * 2 * g..(d + 1) * 2 * g];
+                let weights = LstmWeights {
+                    w: wv[d * g * isz..(d + 1) * g * isz].to_vec(),
+                    r: rv[d * g * hidden..(d + 1) * g * hidden].to_vec(),
+                    b: (0..g).map(|i| b[i] + b[g + i]).collect(),
+                };
+                (weights, reverse_only || d == 1)
+            })
+            .collect(),
+    );
     let mut extra = vec![];
     for d in 0..dirs {
         extra.push(TensorData::new(transpose(&wv[d * g * isz..(d + 1) * g * isz], g, isz), vec![isz, g]));
@@ -85,7 +102,6 @@ pub fn lower(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         TypeInfo::new(ElemType::F32, s_shape.clone()),
         TypeInfo::new(ElemType::F32, s_shape),
     ];
-    let reverse_only = direction == "reverse";
     kernel_with(outputs, uses, extra, move |ctx, mut v| {
         let weights: Vec<T> = v.split_off(v.len() - 3 * dirs);
         let mut v = v.into_iter();
@@ -98,6 +114,11 @@ pub fn lower(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         };
         let h0 = if has_h0 { state(v.next()) } else { None };
         let c0 = if has_c0 { state(v.next()) } else { None };
+        if layout == 0 {
+            if let Some(out) = cpu_kernels::lstm(ctx, &x, h0.as_ref(), c0.as_ref(), &host, [seq, batch, isz, hidden]) {
+                return out.into();
+            }
+        }
         let zeros = || B::float_zeros(Shape::from(vec![batch, hidden]), &ctx.device, ctx.float);
         let pick = |s: &Option<T>, d: usize| match s {
             Some(s) => reshape(slice(s.clone(), &axis_slice(3, 0, d, d + 1)), &[batch, hidden]),

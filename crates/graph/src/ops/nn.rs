@@ -15,7 +15,7 @@ use super::cpu_kernels::{self, ConvGeometry, Epilogue};
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
 use crate::passes;
-use crate::tensor::{B, T, expand, reshape, slice, to_rank};
+use crate::tensor::{B, T, expand, reshape, shape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -39,12 +39,12 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
                 out[d] = 1;
             }
             let max = node.op == "GlobalMaxPool";
-            kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0], move |_, mut v| {
-                let mut t = v.remove(0);
-                for &d in &dims {
-                    t = if max { B::float_max_dim(t, d) } else { B::float_mean_dim(t, d) };
-                }
-                vec![t]
+            // One reduction over the flattened spatial dims: one kernel instead of one per dim.
+            let flat = [x.ty.shape[0], x.ty.shape[1], x.ty.shape[2..].iter().product()];
+            kernel(vec![TypeInfo::new(ElemType::F32, out.clone())], vec![0], move |_, mut v| {
+                let t = reshape(v.remove(0), &flat);
+                let t = if max { B::float_max_dim(t, 2) } else { B::float_mean_dim(t, 2) };
+                vec![reshape(t, &out)]
             })
         }
         "BatchNormalization" => lower_batchnorm(node, inputs),
@@ -209,7 +209,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         if let Some(p) = explicit {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
         }
-        let y = B::conv2d(x, w, b, options.clone());
+        let y = with_bias(x, b, |x, b| B::conv2d(x, w, b, options.clone()));
         vec![lift(apply_epilogue(y, epilogue))]
     })
 }
@@ -285,13 +285,26 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
         if let Some(y) = cpu_kernels::conv_transpose2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
             return vec![y];
         }
-        let y = B::conv_transpose2d(x, w, b, options.clone());
+        let y = with_bias(x, b, |x, b| B::conv_transpose2d(x, w, b, options.clone()));
         let y = match &crop {
             Some(c) => slice(y, c),
             None => y,
         };
         vec![apply_epilogue(y, epilogue)]
     })
+}
+
+/// Runs a conv through Burn. On the fusing backends the bias is added after the conv rather than
+/// inside it, as an op in the fusion stream, so it fuses with the activation or residual add that
+/// follows (inside Burn's conv it is an extra kernel of its own after a matmul-based conv).
+fn with_bias(x: T, bias: Option<T>, conv: impl FnOnce(T, Option<T>) -> T) -> T {
+    match bias {
+        Some(b) if !matches!(x.kind, burn_dispatch::DispatchTensorKind::Flex(_)) => {
+            let m = shape(&b).iter().product();
+            B::float_add(conv(x, None), reshape(b, &[1, m, 1, 1]))
+        }
+        b => conv(x, b),
+    }
 }
 
 /// The activation a load pass folded into a conv, on backends without Kiln's CPU kernels.

@@ -633,7 +633,7 @@ fn im2col(x: &[f32], cols: &mut [f32], g: &ConvGeometry, oy0: usize, oy1: usize)
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint part of the output (see `grouped`).
+// SAFETY: every task writes a disjoint part of the output (see `grouped` and `lstm`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
@@ -689,39 +689,67 @@ pub fn lstm(
     let mut y = vec![0f32; seq * nd * batch * hidden];
     let mut yh = vec![0f32; nd * batch * hidden];
     let mut yc = vec![0f32; nd * batch * hidden];
-    let mut gates = vec![0f32; seq * batch * g];
+    if let Some(h0) = h0 {
+        yh.copy_from_slice(h0);
+    }
+    if let Some(c0) = c0 {
+        yc.copy_from_slice(c0);
+    }
     let threads = rayon::current_num_threads();
-    for (d, (wts, backward)) in dirs.iter().enumerate() {
-        let state = d * batch * hidden..(d + 1) * batch * hidden;
-        let h = &mut yh[state.clone()];
-        let c = &mut yc[state.clone()];
-        h.copy_from_slice(h0.map_or(&vec![0.0; batch * hidden][..], |s| &s[state.clone()]));
-        c.copy_from_slice(c0.map_or(&vec![0.0; batch * hidden][..], |s| &s[state.clone()]));
-        for row in gates.chunks_mut(g) {
-            row.copy_from_slice(&wts.b);
-        }
-        // SAFETY: gates `[S·N, 4H]` += x `[S·N, I]` · Wᵀ (W row-major `[4H, I]`); all in bounds.
-        unsafe {
-            gemm::gemm(
-                seq * batch, g, input, gates.as_mut_ptr(), 1, g as isize, true, xs.as_ptr(), 1, input as isize,
-                wts.w.as_ptr(), input as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(threads),
-            );
-        }
-        for s in 0..seq {
-            let t = if *backward { seq - 1 - s } else { s };
-            let step = &mut gates[t * batch * g..(t + 1) * batch * g];
-            // SAFETY: step `[N, 4H]` += h `[N, H]` · Rᵀ (R row-major `[4H, H]`).
+    // Every time step's input projection, per direction: gates `[S·N, 4H]` = b + x · Wᵀ.
+    let mut gates: Vec<Vec<f32>> = dirs
+        .iter()
+        .map(|(wts, _)| {
+            let mut gd: Vec<f32> = wts.b.iter().copied().cycle().take(seq * batch * g).collect();
+            // SAFETY: x `[S·N, I]` row-major, W row-major `[4H, I]` read as Wᵀ; all in bounds.
             unsafe {
                 gemm::gemm(
-                    batch, g, hidden, step.as_mut_ptr(), 1, g as isize, true, h.as_ptr(), 1, hidden as isize,
+                    seq * batch, g, input, gd.as_mut_ptr(), 1, g as isize, true, xs.as_ptr(), 1, input as isize,
+                    wts.w.as_ptr(), input as isize, 1, 1.0f32, 1.0f32, false, false, false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+            gd
+        })
+        .collect();
+    // The recurrence: batch rows and directions are independent, so each task runs a block of
+    // rows of one direction through every step (the per-step gemms are too small to split).
+    let chunks = (threads / nd).clamp(1, batch);
+    let rows = batch.div_ceil(chunks);
+    let (yp, hp, cp) = (SendPtr(y.as_mut_ptr()), SendPtr(yh.as_mut_ptr()), SendPtr(yc.as_mut_ptr()));
+    let gp: Vec<SendPtr> = gates.iter_mut().map(|gd| SendPtr(gd.as_mut_ptr())).collect();
+    (0..nd * chunks).into_par_iter().for_each(|task| {
+        let (d, k) = (task / chunks, task % chunks);
+        let (b0, b1) = (k * rows, ((k + 1) * rows).min(batch));
+        if b0 >= b1 {
+            return;
+        }
+        let n = b1 - b0;
+        let (wts, backward) = &dirs[d];
+        // SAFETY: this task alone touches rows b0..b1 of direction d in `gates[d]`, `yh`, `yc`, `y`.
+        let (h, c) = unsafe {
+            let at = (d * batch + b0) * hidden;
+            (
+                std::slice::from_raw_parts_mut(hp.get().add(at), n * hidden),
+                std::slice::from_raw_parts_mut(cp.get().add(at), n * hidden),
+            )
+        };
+        for s in 0..seq {
+            let t = if *backward { seq - 1 - s } else { s };
+            // SAFETY: as above; step `[n, 4H]` += h `[n, H]` · Rᵀ (R row-major `[4H, H]`).
+            let step = unsafe { std::slice::from_raw_parts_mut(gp[d].get().add((t * batch + b0) * g), n * g) };
+            unsafe {
+                gemm::gemm(
+                    n, g, hidden, step.as_mut_ptr(), 1, g as isize, true, h.as_ptr(), 1, hidden as isize,
                     wts.r.as_ptr(), hidden as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
                 );
             }
             lstm_cell(step, c, h, hidden);
-            let out = (t * nd + d) * batch * hidden;
-            y[out..out + batch * hidden].copy_from_slice(h);
+            // SAFETY: as above.
+            let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(((t * nd + d) * batch + b0) * hidden), n * hidden) };
+            out.copy_from_slice(h);
         }
-    }
+    });
     let t = |v: Vec<f32>, shape: Vec<usize>| B::float_from_data(TensorData::new(v, shape), &ctx.device);
     Some([
         t(y, vec![seq, nd, batch, hidden]),

@@ -168,7 +168,7 @@ thread_local! {
 fn contiguous_flex(t: &T) -> Option<T> {
     match &t.kind {
         DispatchTensorKind::Flex(BackendTensor::Float(f)) => {
-            Some(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(f.to_contiguous())), autodiff: t.autodiff.clone() })
+            Some(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(f.to_contiguous())), autodiff: t.autodiff })
         }
         _ => None,
     }

@@ -175,6 +175,18 @@ fn conv_scale_and_shift_fold_into_the_weights() {
     assert_eq!(floats(&out[0]), vec![0.5, 2.5, -1.5, 4.5, 0.5, -2.5, 3.5, -5.5]);
 }
 
+/// Reproducible values in [-0.5, 0.5): a linear congruential generator from `seed`.
+fn uniform(mut seed: u32) -> impl FnMut(usize) -> Vec<f32> {
+    move |len| {
+        (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+}
+
 /// Direct NCHW convolution, the definition, for checking Kiln's CPU kernel.
 #[allow(clippy::too_many_arguments)]
 fn conv_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32], stride: usize, dil: usize, pads: [usize; 4], groups: usize) -> (Vec<f32>, [usize; 4]) {
@@ -222,15 +234,7 @@ fn conv_matches_its_definition() {
         ([3, 5, 6, 7], [7, 5, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([1, 6, 9, 9], [6, 1, 5, 5], 2, 1, [2, 2, 2, 2], 6),
     ];
-    let mut seed = 1u32;
-    let mut rand = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let mut rand = uniform(1);
     // Each case also with an activation after it, which a load pass folds into the conv.
     let activations: [(&str, fn(f32) -> f32); 4] = [
         ("", |v| v),
@@ -328,15 +332,7 @@ fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
         ([1, 2, 4, 3], [2, 3, 3, 2], 1, 2, [1, 0, 0, 1], 0, 1),
         ([1, 4, 3, 3], [4, 2, 2, 2], 2, 1, [0, 0, 0, 0], 0, 2),
     ];
-    let mut seed = 7u32;
-    let mut rand = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let mut rand = uniform(7);
     for &(xs, ws, stride, dil, pads, out_pad, groups) in cases {
         let m = ws[1] * groups;
         let (x, w, bias) = (rand(xs.iter().product()), rand(ws.iter().product()), rand(m));

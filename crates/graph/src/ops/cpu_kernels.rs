@@ -154,6 +154,16 @@ pub struct ConvGeometry {
     pub groups: usize,
 }
 
+impl ConvGeometry {
+    /// The zero-padded rows the taps reach and the width of one column phase (see [`fill_phases`]).
+    fn phase_dims(&self) -> (usize, usize) {
+        let ([oh, ow], [kh, kw]) = ([self.output[2], self.output[3]], self.kernel);
+        let ([sh, sw], [dh, dw]) = (self.stride, self.dilation);
+        let wp = (ow - 1) * sw + (kw - 1) * dw + 1;
+        ((oh - 1) * sh + (kh - 1) * dh + 1, wp.div_ceil(sw))
+    }
+}
+
 /// Dense convolutions with at most this many taps per output run as [`small_dense`].
 const SMALL_K: usize = 32;
 
@@ -207,6 +217,16 @@ impl Epilogue {
     }
 }
 
+/// A conv's input, weights and bias as slices, when all are contiguous f32 flex tensors.
+#[allow(clippy::type_complexity)]
+fn conv_operands<'a>(x: &'a T, w: &'a T, bias: Option<&'a T>) -> Option<(&'a [f32], &'a [f32], Option<&'a [f32]>)> {
+    let bias = match bias {
+        Some(b) => Some(flex_slice(b)?),
+        None => None,
+    };
+    Some((flex_slice(x)?, flex_slice(w)?, bias))
+}
+
 /// Runs the convolution when `x`, `w` (and `bias`) are contiguous f32 flex tensors; `None` leaves
 /// it to Burn. The bias seeds each output tile before its gemm accumulates into it, and the
 /// epilogue runs on the tile after, while it is still in cache.
@@ -214,12 +234,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     if !enabled() {
         return None;
     }
-    let xs = flex_slice(x)?;
-    let ws = flex_slice(w)?;
-    let bs = match bias {
-        Some(b) => Some(flex_slice(b)?),
-        None => None,
-    };
+    let (xs, ws, bs) = conv_operands(x, w, bias)?;
     let [n, c, _, _] = g.input;
     let [_, m, oh, ow] = g.output;
     if xs.len() != g.input.iter().product::<usize>() || ws.len() != m * (c / g.groups) * g.kernel[0] * g.kernel[1] {
@@ -257,12 +272,7 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
     if !enabled() || g.groups != 1 {
         return None;
     }
-    let xs = flex_slice(x)?;
-    let ws = flex_slice(w)?;
-    let bs = match bias {
-        Some(b) => Some(flex_slice(b)?),
-        None => None,
-    };
+    let (xs, ws, bs) = conv_operands(x, w, bias)?;
     let [n, c, h, wd] = g.input;
     let [_, m, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
@@ -425,10 +435,8 @@ fn grouped(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
 fn depthwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
     let [_, _, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
-    let hp = (oh - 1) * sh + (kh - 1) * dh + 1;
-    let wq = ((ow - 1) * sw + (kw - 1) * dw + 1).div_ceil(sw);
+    let [sw, dh, dw] = [g.stride[1], g.dilation[0], g.dilation[1]];
+    let (hp, wq) = g.phase_dims();
     // Tap `(ki, kj)` reads phase `kj·dw mod sw`, `ki·dh` rows and `kj·dw / sw` columns in.
     let offs: Vec<usize> =
         (0..kh * kw).map(|t| ((t % kw * dw) % sw * hp + t / kw * dh) * wq + (t % kw * dw) / sw).collect();
@@ -458,11 +466,7 @@ fn depthwise_plane(
     let [_, _, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
-    // The padded rows and columns the taps reach, and the width of one column phase.
-    let hp = (oh - 1) * sh + (kh - 1) * dh + 1;
-    let wp = (ow - 1) * sw + (kw - 1) * dw + 1;
-    let wq = wp.div_ceil(sw);
+    let (hp, wq) = g.phase_dims();
     let ch = p % c;
     let plane = &xs[p * h * wd..(p + 1) * h * wd];
     let taps = &ws[ch * kh * kw..(ch + 1) * kh * kw];
@@ -566,9 +570,7 @@ fn small_dense(
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
     let [dh, dw] = g.dilation;
-    let hp = (oh - 1) * sh + (kh - 1) * dh + 1;
-    let wp = (ow - 1) * sw + (kw - 1) * dw + 1;
-    let wq = wp.div_ceil(sw);
+    let (hp, wq) = g.phase_dims();
     let (img, channels) = task;
     let per = sw * hp * wq;
     phases.clear();

@@ -226,8 +226,11 @@ fn conv_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32
 #[test]
 fn conv_matches_its_definition() {
     // (input, weight, stride, dilation, pads t/l/b/r, groups): an RGB stem, a strided grouped
-    // conv, a dilated one with asymmetric pads, a pointwise one, a depthwise one.
+    // conv, a dilated one with asymmetric pads, a pointwise one, a depthwise one, two wide stride-1
+    // ones (one gemm per tap), the second with asymmetric pads.
     let cases: &[([usize; 4], [usize; 4], usize, usize, [usize; 4], usize)] = &[
+        ([1, 64, 5, 7], [8, 64, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([2, 64, 4, 6], [5, 64, 3, 2], 1, 1, [0, 1, 2, 0], 1),
         ([2, 3, 17, 20], [8, 3, 3, 3], 2, 1, [1, 1, 1, 1], 1),
         ([1, 4, 9, 11], [6, 2, 3, 3], 2, 1, [1, 1, 1, 1], 2),
         ([1, 3, 10, 12], [4, 3, 3, 2], 1, 2, [2, 0, 1, 3], 1),

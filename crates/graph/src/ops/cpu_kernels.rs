@@ -164,6 +164,10 @@ impl ConvGeometry {
     }
 }
 
+/// Stride-1 convolutions with at least this many input channels run as [`shifted_taps`] (below,
+/// each tap's gemm is too shallow to beat im2col's one deep gemm).
+const TAP_GEMM_CHANNELS: usize = 64;
+
 /// Dense convolutions with at most this many taps per output run as [`small_dense`].
 const SMALL_K: usize = 32;
 
@@ -258,6 +262,8 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
             let channels = b * per..((b + 1) * per).min(m);
             small_dense(xs, ws, bs, epilogue, g, (img, channels), o, phases)
         });
+    } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
+        shifted_taps(xs, ws, bs, epilogue, &mut out, g);
     } else {
         grouped(xs, ws, bs, epilogue, &mut out, g);
     }
@@ -423,6 +429,80 @@ fn grouped(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
         (0..tasks).into_par_iter().for_each(run);
     } else {
         (0..tasks).for_each(run);
+    }
+}
+
+/// Stride-1 convolutions over many channels (DB's 3×3 FPN and head convs: 256 channels, 64 → 55 ms
+/// each at 1024×1024) as one gemm per filter tap, accumulating into the output tile:
+/// `out[M, rows·Wp] += W[:, :, ki, kj] · xpad[C, rows·Wp]` shifted by `ki·Wp + kj`, over a
+/// zero-padded copy of the tile's input rows (row width `Wp = OW + kw − 1`). The input is copied
+/// once per tile instead of kh·kw times as im2col does; the `kw − 1` columns between output rows are
+/// computed and dropped.
+fn shifted_taps(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+    let [n, c, h, wd] = g.input;
+    let [_, m, oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [ph, pw] = g.pad;
+    let wp = ow + kw - 1;
+    let rows = (TILE_FLOATS / ((c + m) * wp).max(1)).clamp(1, oh);
+    let tiles = oh.div_ceil(rows);
+    let tasks = n * tiles;
+    let threads = rayon::current_num_threads();
+    let inner = if tasks >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |task: usize, (xpad, acc): &mut (Vec<f32>, Vec<f32>)| {
+        let (img, tile) = (task / tiles, task % tiles);
+        let (oy0, oy1) = (tile * rows, ((tile + 1) * rows).min(oh));
+        let (r, rp) = (oy1 - oy0, oy1 - oy0 + kh - 1);
+        let x = &xs[img * c * h * wd..(img + 1) * c * h * wd];
+        xpad.clear();
+        xpad.resize(c * rp * wp + kw - 1, 0.0);
+        for ci in 0..c {
+            for rr in 0..rp {
+                let iy = (oy0 + rr) as isize - ph as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src = &x[(ci * h + iy as usize) * wd..][..wd];
+                let dst = &mut xpad[(ci * rp + rr) * wp + pw..][..wd.min(wp - pw)];
+                dst.copy_from_slice(&src[..dst.len()]);
+            }
+        }
+        let cols_n = r * wp;
+        acc.clear();
+        match bias {
+            Some(b) => (0..m).for_each(|j| acc.extend(std::iter::repeat_n(b[j], cols_n))),
+            None => acc.resize(m * cols_n, 0.0),
+        }
+        for ki in 0..kh {
+            for kj in 0..kw {
+                // SAFETY: W's tap `(ki, kj)` is `[M, C]` with strides `C·kh·kw` and `kh·kw`; the
+                // shifted input `[C, cols_n]` stays inside `xpad` (see the `kw − 1` floats of slack).
+                unsafe {
+                    gemm::gemm(
+                        m, cols_n, c, acc.as_mut_ptr(), 1, cols_n as isize, true, ws[ki * kw + kj..].as_ptr(),
+                        (kh * kw) as isize, (c * kh * kw) as isize, xpad[ki * wp + kj..].as_ptr(), 1, (rp * wp) as isize,
+                        1.0f32, 1.0f32, false, false, false, inner,
+                    );
+                }
+            }
+        }
+        for j in 0..m {
+            // SAFETY: tasks write disjoint blocks: image `img`, output rows `oy0..oy1`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(((img * m + j) * oh + oy0) * ow), r * ow) };
+            for (rr, row) in dst.chunks_mut(ow).enumerate() {
+                row.copy_from_slice(&acc[j * cols_n + rr * wp..][..ow]);
+            }
+            if let Some(e) = epilogue {
+                e.apply(dst);
+            }
+        }
+    };
+    if tasks > 1 && matches!(inner, gemm::Parallelism::None) {
+        (0..tasks).into_par_iter().for_each_init(|| (Vec::new(), Vec::new()), |s, t| run(t, s));
+    } else {
+        let mut scratch = (Vec::new(), Vec::new());
+        (0..tasks).for_each(|t| run(t, &mut scratch));
     }
 }
 

@@ -591,8 +591,12 @@ fn tap_sum(out: &mut [f32], init: f32, src: &[f32], offs: &[usize], wts: &[f32])
     }
     let n = out.len();
     let mut x = 0;
-    // 16 floats: one AVX-512 register, which LLVM keeps the sum in (a longer block is summed in
-    // memory on the stack).
+    // 32 floats: two AVX-512 registers, two independent sums per tap, which LLVM keeps in
+    // registers (a 64-float block is summed in memory on the stack).
+    while x + 32 <= n {
+        block::<32>(out, x, init, src, offs, wts);
+        x += 32;
+    }
     while x + 16 <= n {
         block::<16>(out, x, init, src, offs, wts);
         x += 16;

@@ -155,12 +155,12 @@ fn crops_match_doctr() {
             let want = f32s(&shapes[j]);
             assert_eq!((crop.height() as f32, crop.width() as f32), (want[0], want[1]), "crop {i}/{j}");
             if let Some(pixels) = &pixels {
-                // Rotated crops: OpenCV's warpAffine, pixel for pixel.
+                // Rotated crops: OpenCV's warpAffine; horizontal ones its warpPerspective; pixel for pixel.
                 let n = crop.as_raw().len();
                 let expected = &pixels[offset..offset + n];
                 offset += n;
                 let off = crop.as_raw().iter().zip(expected).filter(|(a, b)| **a as f32 != **b).count();
-                assert_eq!(off, 0, "crop {i}/{j}: {off} of {n} values differ from cv2.warpAffine");
+                assert_eq!(off, 0, "crop {i}/{j}: {off} of {n} values differ from OpenCV's warp");
             }
             let mean = crop.pixels().flat_map(|p| p.0).map(f32::from).sum::<f32>() / (crop.len() as f32);
             assert!((mean - means[j]).abs() < 1.5, "crop {i}/{j}: mean {mean} vs docTR {}", means[j]);

@@ -1,10 +1,9 @@
 //! Box geometry in docTR's conventions (coordinates relative to the page, in [0, 1]) and crops.
 
 use geo::{Coord, MinimumRotatedRect, MultiPoint, Point};
-use image::{Rgb, RgbImage};
-use imageproc::geometric_transformations::{Interpolation, Projection, warp_into};
+use image::RgbImage;
 
-use crate::warp::{affine_transform, warp_affine};
+use crate::warp::{affine_transform, perspective_transform, warp_affine, warp_perspective};
 
 /// A word's place on the page.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,12 +145,13 @@ pub fn rotated_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
 
 /// docTR's `extract_rcrops(assume_horizontal=True)`, used when pages are known upright: the
 /// corners left of the centroid give top-left and bottom-left (by y), the others top-right and
-/// bottom-right, and a perspective warp maps them onto an upright rectangle.
+/// bottom-right, and OpenCV's perspective warp maps them onto an upright rectangle. Corners and
+/// lengths in double precision, the warp's control points in single, as docTR has them.
 pub fn horizontal_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
-    let (w, h) = (page.width() as f32, page.height() as f32);
-    let abs = p.map(|[x, y]| (x * w, y * h));
-    let cx = abs.iter().map(|q| q.0).sum::<f32>() / 4.0;
-    let by_y = |mut v: Vec<(f32, f32)>| {
+    let (w, h) = (page.width() as f64, page.height() as f64);
+    let abs = p.map(|[x, y]| (x as f64 * w, y as f64 * h));
+    let cx = (((abs[0].0 + abs[1].0) + abs[2].0) + abs[3].0) / 4.0;
+    let by_y = |mut v: Vec<(f64, f64)>| {
         v.sort_by(|a, b| a.1.total_cmp(&b.1));
         v
     };
@@ -159,22 +159,22 @@ pub fn horizontal_crop(page: &RgbImage, p: [[f32; 2]; 4]) -> Option<RgbImage> {
     let right = by_y(abs.iter().copied().filter(|q| q.0 >= cx).collect());
     let (tl, bl) = (*left.first()?, *left.last()?);
     let (tr, br) = (*right.first()?, *right.last()?);
-    let dist = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
     let cw = (dist(tr, tl) as u32).max(dist(br, bl) as u32);
     let ch = (dist(bl, tl) as u32).max(dist(br, tr) as u32);
     if cw < 1 || ch < 1 {
         return None;
     }
     let (xw, yh) = ((cw - 1) as f32, (ch - 1) as f32);
-    let to_crop = Projection::from_control_points([tl, bl, tr, br], [(0.0, 0.0), (0.0, yh), (xw, 0.0), (xw, yh)])?;
-    let mut out = RgbImage::new(cw, ch);
-    warp_into(page, &to_crop, Interpolation::Bilinear, Rgb([0, 0, 0]), &mut out);
-    Some(out)
+    let src = [tl, bl, tr, br].map(|(x, y)| [x as f32, y as f32]);
+    let m = perspective_transform(src, [[0.0, 0.0], [0.0, yh], [xw, 0.0], [xw, yh]])?;
+    Some(warp_perspective(page, m, cw, ch))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
 
     #[test]
     fn order_points_is_tl_tr_br_bl() {

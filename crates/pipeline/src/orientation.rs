@@ -5,7 +5,7 @@
 use image::{GrayImage, Luma, Pixel, RgbImage};
 use imageproc::contours::find_contours;
 
-use crate::geometry::min_area_rect;
+use crate::min_rect::min_area_rect;
 use crate::warp::warp_affine;
 
 /// Contours kept for the estimate: the most elongated ones.
@@ -38,29 +38,33 @@ pub fn estimate_orientation(seg: &GrayImage, general: Option<(i32, f32)>) -> i32
     let mut candidates: Vec<(f64, f64, f64)> = find_contours::<i32>(&framed)
         .into_iter()
         .filter_map(|c| {
-            let pts: Vec<(f64, f64)> = c.points.iter().map(|p| (p.x as f64 - 1.0, p.y as f64 - 1.0)).collect();
-            if shoelace(&pts) <= LOWER_AREA {
+            let pts: Vec<(i64, i64)> = c.points.iter().map(|p| (p.x as i64 - 1, p.y as i64 - 1)).collect();
+            let area = shoelace(&pts.iter().map(|&(x, y)| (x as f64, y as f64)).collect::<Vec<_>>());
+            if area <= LOWER_AREA {
                 return None;
             }
-            let (corners, s1, s2) = min_area_rect(&pts)?;
-            // OpenCV's convention after docTR's normalisation: the long side's angle, y down.
-            let (long, short, (a, b)) = if s1 >= s2 { (s1, s2, (corners[0], corners[1])) } else { (s2, s1, (corners[1], corners[2])) };
-            let ratio = if long == 0.0 || short == 0.0 { 0.0 } else { long / short };
-            let mut angle = (b.1 - a.1).atan2(b.0 - a.0).to_degrees();
+            // cv2.minAreaRect's single-precision (w, h, angle), widened as Python reads them.
+            let (_, (w, h), angle) = min_area_rect(&pts);
+            let (mut w, mut h, mut angle) = (w as f64, h as f64, angle as f64);
+            let ratio = if w == 0.0 || h == 0.0 { 0.0 } else { (w / h).max(h / w) };
+            // docTR's normalisation: w is the long side, the angle that of the long side.
+            if w < h {
+                (w, h) = (h, w);
+                angle -= 90.0;
+            }
             while angle <= -90.0 {
                 angle += 180.0;
             }
             while angle > 90.0 {
                 angle -= 180.0;
             }
-            Some((ratio, angle, short))
+            Some((ratio, angle, if h > 0.0 { w / h } else { 0.0 }))
         })
         .collect();
     // The most elongated first (a stable sort keeps ties in contour order, as heapq.nlargest).
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
     candidates.truncate(N_CONTOURS);
-    let mut angles: Vec<f64> =
-        candidates.iter().filter(|(ratio, _, short)| *short > 0.0 && *ratio > LINE_RATIO).map(|c| c.1).collect();
+    let mut angles: Vec<f64> = candidates.iter().filter(|(_, _, long_by_short)| *long_by_short > LINE_RATIO).map(|c| c.1).collect();
 
     let skew = if angles.is_empty() {
         0

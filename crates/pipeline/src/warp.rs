@@ -1,10 +1,11 @@
-//! OpenCV's `getAffineTransform` and `warpAffine` (bilinear, black border, 8-bit), bit for bit.
-//! docTR cuts its rotated crops and turns its pages with them; a crop one grey level off is
-//! enough to flip an unsure orientation classifier or recogniser, so Kiln repeats OpenCV's
-//! arithmetic: the map solved by LU in doubles and inverted in doubles, then OpenCV 5's float
+//! OpenCV's `getAffineTransform`/`warpAffine` and `getPerspectiveTransform`/`warpPerspective`
+//! (bilinear, black border, 8-bit), bit for bit. docTR cuts its rotated crops and turns its pages
+//! with them; a crop one grey level off is enough to flip an unsure orientation classifier or
+//! recogniser, so Kiln repeats OpenCV's arithmetic: the map solved by LU in doubles and inverted
+//! in doubles, then OpenCV 5's float
 //! kernel (what docTR 1.1.0 installs) as its x86-64 AVX2 build runs it: source coordinates and
 //! bilinear weights in single precision with fused multiply-adds, rounded half to even. Checked
-//! against `cv2.warpAffine` 5.0 pixel for pixel by the goldens; OpenCV 4's fixed-point kernel
+//! against `cv2.warpAffine` and `cv2.warpPerspective` 5.0 pixel for pixel by the goldens; OpenCV 4's fixed-point kernel
 //! differs by one grey level on a few percent of pixels.
 
 use image::{ImageBuffer, Pixel};
@@ -86,26 +87,93 @@ pub fn warp_affine<P: Pixel<Subpixel = u8> + Sync>(src: &ImageBuffer<P, Vec<u8>>
     m[2] = b1;
     m[5] = b2;
     let m = m.map(|v| v as f32);
+    warp(src, w, h, |xf, yf, vector| {
+        if vector {
+            (m[0].mul_add(xf, yf * m[1] + m[2]), m[3].mul_add(xf, yf * m[4] + m[5]))
+        } else {
+            (xf.mul_add(m[0], yf * m[1]) + m[2], xf.mul_add(m[3], yf * m[4]) + m[5])
+        }
+    })
+}
 
+/// `cv2.getPerspectiveTransform(src, dst)` with its default LU solver: the 3×3 map (row-major)
+/// taking the four `src` points to the four `dst` points. None if the system is singular.
+pub fn perspective_transform(src: [[f32; 2]; 4], dst: [[f32; 2]; 4]) -> Option<[f64; 9]> {
+    let mut a = [0f64; 64];
+    let mut b = [0f64; 8];
+    for i in 0..4 {
+        let ([sx, sy], [dx, dy]) = (src[i], dst[i]);
+        let (r, s) = (i * 8, (i + 4) * 8);
+        a[r] = sx as f64;
+        a[s + 3] = sx as f64;
+        a[r + 1] = sy as f64;
+        a[s + 4] = sy as f64;
+        a[r + 2] = 1.0;
+        a[s + 5] = 1.0;
+        // Products of two floats, rounded as floats before they widen, as OpenCV writes them.
+        a[r + 6] = (-sx * dx) as f64;
+        a[r + 7] = (-sy * dx) as f64;
+        a[s + 6] = (-sx * dy) as f64;
+        a[s + 7] = (-sy * dy) as f64;
+        b[i] = dx as f64;
+        b[i + 4] = dy as f64;
+    }
+    lu_solve(&mut a, &mut b, 8).then_some([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 1.0])
+}
+
+/// `cv2.warpPerspective(src, m, (w, h))` with OpenCV's defaults (bilinear, constant black
+/// border): `m` maps source to destination. A singular `m` gives a black image, as in OpenCV.
+pub fn warp_perspective<P: Pixel<Subpixel = u8> + Sync>(src: &ImageBuffer<P, Vec<u8>>, m: [f64; 9], w: u32, h: u32) -> ImageBuffer<P, Vec<u8>> {
+    // cv::invert's closed form for 3×3 doubles (DECOMP_LU takes it for n ≤ 3); zeros if singular.
+    let s = |r: usize, c: usize| m[r * 3 + c];
+    let det = s(0, 0) * (s(1, 1) * s(2, 2) - s(1, 2) * s(2, 1)) - s(0, 1) * (s(1, 0) * s(2, 2) - s(1, 2) * s(2, 0))
+        + s(0, 2) * (s(1, 0) * s(2, 1) - s(1, 1) * s(2, 0));
+    let inv = if det != 0.0 {
+        let d = 1.0 / det;
+        [
+            (s(1, 1) * s(2, 2) - s(1, 2) * s(2, 1)) * d,
+            (s(0, 2) * s(2, 1) - s(0, 1) * s(2, 2)) * d,
+            (s(0, 1) * s(1, 2) - s(0, 2) * s(1, 1)) * d,
+            (s(1, 2) * s(2, 0) - s(1, 0) * s(2, 2)) * d,
+            (s(0, 0) * s(2, 2) - s(0, 2) * s(2, 0)) * d,
+            (s(0, 2) * s(1, 0) - s(0, 0) * s(1, 2)) * d,
+            (s(1, 0) * s(2, 1) - s(1, 1) * s(2, 0)) * d,
+            (s(0, 1) * s(2, 0) - s(0, 0) * s(2, 1)) * d,
+            (s(0, 0) * s(1, 1) - s(0, 1) * s(1, 0)) * d,
+        ]
+    } else {
+        [0.0; 9]
+    };
+    let m = inv.map(|v| v as f32);
+    warp(src, w, h, |xf, yf, vector| {
+        if vector {
+            let ww = m[6].mul_add(xf, yf * m[7] + m[8]);
+            (m[0].mul_add(xf, yf * m[1] + m[2]) / ww, m[3].mul_add(xf, yf * m[4] + m[5]) / ww)
+        } else {
+            let ww = xf.mul_add(m[6], yf * m[7]) + m[8];
+            ((xf.mul_add(m[0], yf * m[1]) + m[2]) / ww, (xf.mul_add(m[3], yf * m[4]) + m[5]) / ww)
+        }
+    })
+}
+
+/// The w × h output, each pixel sampled where `source(x, y, vector)` maps it. OpenCV's AVX2
+/// kernels do 16 columns at a time (`vector` = true) and the last w % 16 in a scalar tail,
+/// which the compiler contracted differently, so the map is told which one it stands for.
+fn warp<P, F>(src: &ImageBuffer<P, Vec<u8>>, w: u32, h: u32, source: F) -> ImageBuffer<P, Vec<u8>>
+where
+    P: Pixel<Subpixel = u8> + Sync,
+    F: Fn(f32, f32, bool) -> (f32, f32) + Sync,
+{
     let cn = P::CHANNEL_COUNT as usize;
     let mut out = ImageBuffer::<P, Vec<u8>>::new(w, h);
     if w == 0 || h == 0 {
         return out;
     }
-    // The AVX2 kernel does 16 columns at a time; the last w % 16 go through its scalar tail,
-    // which the compiler contracted differently.
     let vector_cols = (w as usize / 16) * 16;
     let buf: &mut [u8] = &mut out;
     buf.par_chunks_mut(w as usize * cn).enumerate().for_each(|(y, row)| {
-        let yf = y as f32;
-        let (mx, my) = (yf * m[1] + m[2], yf * m[4] + m[5]);
         for (x, px) in row.chunks_exact_mut(cn).enumerate() {
-            let xf = x as f32;
-            let (sx, sy) = if x < vector_cols {
-                (m[0].mul_add(xf, mx), m[3].mul_add(xf, my))
-            } else {
-                (xf.mul_add(m[0], yf * m[1]) + m[2], xf.mul_add(m[3], yf * m[4]) + m[5])
-            };
+            let (sx, sy) = source(x as f32, y as f32, x < vector_cols);
             bilinear(src, sx, sy, px);
         }
     });

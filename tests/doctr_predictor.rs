@@ -33,6 +33,7 @@ fn options(mode: &Value) -> Options {
         assume_straight_pages: flag("assume_straight_pages", true),
         straighten_pages: flag("straighten_pages", false),
         detect_orientation: flag("detect_orientation", false),
+        disable_crop_orientation: flag("disable_crop_orientation", false),
         ..Options::default()
     }
 }

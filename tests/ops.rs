@@ -227,7 +227,7 @@ fn conv_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32
 fn conv_matches_its_definition() {
     // (input, weight, stride, dilation, pads t/l/b/r, groups): an RGB stem, a strided grouped
     // conv, a dilated one with asymmetric pads, a pointwise one, a depthwise one, two wide stride-1
-    // ones (one gemm per tap), the second with asymmetric pads.
+    // ones (one gemm per tap), the second with asymmetric pads, then more depthwise and stems.
     let cases: &[([usize; 4], [usize; 4], usize, usize, [usize; 4], usize)] = &[
         ([1, 64, 5, 7], [8, 64, 3, 3], 1, 1, [1, 1, 1, 1], 1),
         ([2, 64, 4, 6], [5, 64, 3, 2], 1, 1, [0, 1, 2, 0], 1),
@@ -236,6 +236,18 @@ fn conv_matches_its_definition() {
         ([1, 3, 10, 12], [4, 3, 3, 2], 1, 2, [2, 0, 1, 3], 1),
         ([3, 5, 6, 7], [7, 5, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([1, 6, 9, 9], [6, 1, 5, 5], 2, 1, [2, 2, 2, 2], 6),
+        // Depthwise and RGB-stem convs run over row and column phases: odd pads, odd widths,
+        // dilation, stride 3.
+        ([2, 4, 12, 13], [4, 1, 3, 3], 2, 1, [1, 1, 1, 1], 4),
+        ([2, 3, 16, 15], [3, 1, 5, 5], 2, 1, [2, 1, 2, 2], 3),
+        ([1, 5, 10, 9], [5, 1, 3, 3], 1, 2, [2, 2, 2, 2], 5),
+        ([1, 2, 14, 17], [2, 1, 3, 3], 3, 1, [1, 0, 1, 1], 2),
+        ([1, 3, 13, 16], [4, 3, 3, 3], 3, 1, [0, 0, 0, 0], 1),
+        ([2, 3, 15, 17], [6, 3, 3, 3], 2, 1, [1, 2, 0, 1], 1),
+        // Small planes, several images per gemm: CRNN-like 1×1 and 3×3 convs over a few rows.
+        ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
+        ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([3, 12, 6, 9], [10, 12, 3, 3], 2, 1, [1, 1, 1, 1], 1),
     ];
     let mut rand = uniform(1);
     // Each case also with an activation after it, which a load pass folds into the conv.

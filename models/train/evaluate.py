@@ -29,15 +29,19 @@ sys.path.insert(0, str(HERE.parent.parent / "tests" / "fixtures"))
 import synth  # noqa: E402
 import train  # noqa: E402
 
-# (page type, turn in degrees counter-clockwise or "skew", assume_straight_pages, straighten_pages)
+# (page type, turn in degrees counter-clockwise or "skew", assume_straight_pages, straighten_pages,
+# crop classifier on)
 MODES = [
-    ("straight", 0, True, False),
-    ("rot90", 90, False, False),
-    ("rot180", 180, False, False),
-    ("rot270", 270, False, False),
-    ("skew", "skew", False, False),
+    ("straight", 0, True, False, False),
+    ("rot90", 90, False, False, True),
+    ("rot180", 180, False, False, True),
+    ("rot270", 270, False, False, True),
+    ("skew", "skew", False, False, True),
 ]
-STRAIGHTEN_MODES = [(f"{n}+straighten", t, False, True) for n, t, _, _ in MODES[1:]]
+STRAIGHTEN_MODES = [(f"{n}+straighten", t, False, True, True) for n, t, _, _, _ in MODES[1:]]
+# docTR's setting for documents whose pages may be turned but whose words run along their lines:
+# the page classifier and the line angle straighten the page, crops are read as cut.
+UPRIGHT_CROP_MODES = [(f"{n}+straighten-crop_cls", t, False, True, False) for n, t, _, _, _ in MODES[1:]]
 TARGET = {True: 0.90, False: 0.80}
 
 
@@ -78,7 +82,7 @@ def load_onnx(models_dir, suffix, threads):
     }
 
 
-def dump_case(dump, type_name, i, pg, page, straight, straighten):
+def dump_case(dump, type_name, i, pg, page, straight, straighten, crop_cls):
     """A page as PNG and docTR's reading of it, in tests/fixtures/make_predictions.py's format."""
     from PIL import Image
 
@@ -88,6 +92,9 @@ def dump_case(dump, type_name, i, pg, page, straight, straighten):
     options = {"assume_straight_pages": straight}
     if straighten:
         options.update(straighten_pages=True, detect_orientation=True)
+    if not straight and not crop_cls:
+        options.update(disable_crop_orientation=True)
+        mode += "+upright_crops"
     words = [{"value": w.value, "confidence": float(w.confidence),
               "geometry": np.asarray(w.geometry, dtype=np.float64).tolist()}
              for b in page.blocks for ln in b.lines for w in ln.words]
@@ -96,13 +103,13 @@ def dump_case(dump, type_name, i, pg, page, straight, straighten):
             "words": words}
 
 
-def predictor(models, assume_straight, straighten):
+def predictor(models, assume_straight, straighten, crop_cls):
     """docTR's ocr_predictor holding our models (tests/fixtures/doctr_onnx.py; it works the same
     for the PyTorch checkpoints)."""
     import doctr_onnx
 
     return doctr_onnx.ocr_predictor(models, assume_straight_pages=assume_straight, straighten_pages=straighten,
-                                    detect_orientation=straighten)
+                                    detect_orientation=straighten, disable_crop_orientation=not crop_cls)
 
 
 def f1(pred, truth):
@@ -221,6 +228,8 @@ def main():
     ap.add_argument("--seed", type=int, default=20250601)
     ap.add_argument("--det-size", type=int, help="detector input size (default: the one trained for)")
     ap.add_argument("--straighten", action="store_true", help="also run straighten_pages=True")
+    ap.add_argument("--upright-crops", action="store_true",
+                    help="also run straighten_pages=True with disable_crop_orientation=True")
     ap.add_argument("--types", help="comma-separated page types to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="per-page results (default: WEIGHTS/eval.json)")
@@ -239,7 +248,7 @@ def main():
     dumped = []
     if dump:
         dump.mkdir(parents=True, exist_ok=True)
-    modes = MODES + (STRAIGHTEN_MODES if args.straighten else [])
+    modes = MODES + (STRAIGHTEN_MODES if args.straighten else []) + (UPRIGHT_CROP_MODES if args.upright_crops else [])
     if args.types:
         keep = set(args.types.split(","))
         modes = [m for m in modes if m[0] in keep]
@@ -248,8 +257,8 @@ def main():
         f"{[Path(f).name for f in held]}")
 
     results, summary = [], {}
-    for name, turn, straight, straighten in modes:
-        ocr = predictor(models, straight, straighten)
+    for name, turn, straight, straighten, crop_cls in modes:
+        ocr = predictor(models, straight, straighten, crop_cls)
         tp = n_pred = n_true = 0
         scores = []
         start = time.perf_counter()
@@ -257,13 +266,14 @@ def main():
             doc = ocr([pg["image"]])
             pred = [w.value for b in doc.pages[0].blocks for ln in b.lines for w in ln.words]
             if dump:
-                dumped.append(dump_case(dump, name, i, pg, doc.pages[0], straight, straighten))
+                dumped.append(dump_case(dump, name, i, pg, doc.pages[0], straight, straighten, crop_cls))
             t, score = f1(pred, pg["words"])
             tp, n_pred, n_true = tp + t, n_pred + len(pred), n_true + len(pg["words"])
             scores.append(score)
             missed = list((Counter(pg["words"]) - Counter(pred)).elements())
             extra = list((Counter(pred) - Counter(pg["words"])).elements())
             results.append({"type": name, "page": i, "assume_straight_pages": straight, "straighten_pages": straighten,
+                            "crop_orientation": crop_cls,
                             "font": pg["font"], "held_out_font": pg["held_out_font"], "size": pg["size"],
                             "angle": pg["angle"], "words": len(pg["words"]), "predicted": len(pred), "tp": t,
                             "f1": round(score, 4), "missed": missed[:30], "extra": extra[:30]})
@@ -271,7 +281,7 @@ def main():
         ok = micro >= TARGET[straight]
         summary[name] = {"f1": round(micro, 4), "mean_page_f1": round(float(np.mean(scores)), 4),
                          "target": TARGET[straight], "pass": ok, "assume_straight_pages": straight,
-                         "straighten_pages": straighten, "seconds": round(time.perf_counter() - start, 1)}
+                         "straighten_pages": straighten, "crop_orientation": crop_cls, "seconds": round(time.perf_counter() - start, 1)}
         log(f"{name:>20}: F1 {micro:.3f} (pages {min(scores):.2f}..{max(scores):.2f}), target "
             f"{TARGET[straight]:.2f} {'pass' if ok else 'FAIL'}  [{time.perf_counter() - start:.0f}s]")
     classifiers = classifier_accuracy(models, args.seed, max(8, args.pages))

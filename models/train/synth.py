@@ -314,8 +314,10 @@ def word_crop(rng, text, font, size, bg=None, fg=None, skew=0.0):
     if skew:
         img = img.rotate(skew, resample=Image.BICUBIC, fillcolor=bg)
     m = lambda lo, hi: int(round(rng.uniform(lo, hi) * size))  # noqa: E731
-    box = (pad - m(-0.03, 0.35), pad - m(-0.06, 0.30), pad + x1 - x0 + m(-0.03, 0.35), pad + y1 - y0 + m(-0.06, 0.30))
-    img = img.crop(box)
+    left, top = pad - m(-0.03, 0.35), pad - m(-0.06, 0.30)
+    right, bottom = pad + x1 - x0 + m(-0.03, 0.35), pad + y1 - y0 + m(-0.06, 0.30)
+    # A flat mark ("-", ".") with inward margins could leave nothing: keep a pixel (the same draws).
+    img = img.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
     return degrade(rng, img)
 
 

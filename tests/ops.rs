@@ -248,6 +248,10 @@ fn conv_matches_its_definition() {
         ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),
         ([3, 12, 6, 9], [10, 12, 3, 3], 2, 1, [1, 1, 1, 1], 1),
+        // Register-blocked direct convs (AVX-512): channels past a block of 8, rows past a block
+        // of 32 positions, asymmetric pads.
+        ([2, 64, 17, 40], [11, 64, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([1, 64, 9, 20], [9, 64, 3, 2], 1, 1, [0, 1, 2, 0], 1),
     ];
     let mut rand = uniform(1);
     // Each case also with an activation after it, which a load pass folds into the conv.

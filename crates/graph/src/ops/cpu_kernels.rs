@@ -235,7 +235,7 @@ pub enum Epilogue {
 
 impl Epilogue {
     #[inline(always)]
-    fn apply(self, v: &mut [f32]) {
+    pub(super) fn apply(self, v: &mut [f32]) {
         match self {
             Epilogue::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
             Epilogue::HardSwish => v.iter_mut().for_each(|x| *x *= (*x / 6.0 + 0.5).clamp(0.0, 1.0)),
@@ -288,7 +288,11 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
         batched(xs, ws, bs, epilogue, &mut out, g);
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
-        shifted_taps(xs, ws, bs, epilogue, &mut out, g);
+        // The register-blocked direct convolution where the CPU has AVX-512 (1×1 convs measured
+        // slower that way than as one gemm), else one gemm per tap.
+        if !super::direct_conv::conv(xs, ws, bs, epilogue, &mut out, g) {
+            shifted_taps(xs, ws, bs, epilogue, &mut out, g);
+        }
     } else {
         grouped(xs, ws, bs, epilogue, &mut out, g);
     }
@@ -526,7 +530,7 @@ fn batched(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
 /// zero-padded copy of the tile's input rows (row width `Wp = OW + kw − 1`). The input is copied
 /// once per tile instead of kh·kw times as im2col does; the `kw − 1` columns between output rows are
 /// computed and dropped.
-fn shifted_taps(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+pub(super) fn shifted_taps(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
     let [n, c, h, wd] = g.input;
     let [_, m, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
@@ -595,11 +599,11 @@ fn shifted_taps(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<E
 }
 
 /// Depthwise convolution (one filter per channel), one output plane per task. The plane is
-/// copied once into a zero-padded buffer split into `stride` column phases, so every filter tap
-/// reads contiguous floats; with vertical stride 1 the whole plane is then one run of outputs
-/// (rows `Wq` apart, the columns past `OW` computed and dropped), which keeps the vector units
-/// busy on MobileNet's 8×8 and 16×16 planes where row-by-row loops would not. Measured on the crop
-/// classifier at batch 64: its 5×5 depthwise layers 12.8 → 5 ms each.
+/// copied once into a zero-padded buffer split into its row and column phases (see
+/// [`fill_phases`]), so every filter tap reads contiguous floats and a narrow plane is one run of
+/// outputs (rows `wq` apart, the columns past `OW` computed and dropped), which keeps the vector
+/// units busy on MobileNet's 8×8 and 16×16 planes where row-by-row loops would not. Measured on
+/// the crop classifier at batch 64: its 5×5 depthwise layers 12.8 → 3.3 ms each.
 fn depthwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
     let [_, _, oh, ow] = g.output;
     let offs = g.tap_offsets(0, 1);

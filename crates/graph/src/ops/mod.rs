@@ -6,6 +6,7 @@
 //! Constant folding runs the same kernels on the flex CPU device: one implementation per op.
 
 mod cpu_kernels;
+mod direct_conv;
 mod elementwise;
 mod lstm;
 mod nn;

@@ -902,12 +902,13 @@ fn im2col(x: &[f32], cols: &mut [f32], stride: usize, g: &ConvGeometry, oy0: usi
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint part of the output (see `grouped` and `lstm`).
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: every task writes a disjoint part of the output (see `grouped`, `lstm` and
+// `direct_conv`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -35,17 +35,7 @@ mod avx512 {
     use rayon::prelude::*;
 
     use super::{ConvGeometry, Epilogue, NV, OC, PX};
-
-    #[derive(Clone, Copy)]
-    struct OutPtr(*mut f32);
-    // SAFETY: each task writes its own output row of every channel (see `run`).
-    unsafe impl Send for OutPtr {}
-    unsafe impl Sync for OutPtr {}
-    impl OutPtr {
-        fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
+    use crate::ops::cpu_kernels::SendPtr;
 
     pub fn run(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
         let [n, c, h, wd] = g.input;
@@ -71,7 +61,8 @@ mod avx512 {
         // The padded input as [Hp][C][Wp]: a block walks the channels of a row at a constant stride
         // the prefetchers follow (as [C][Hp][Wp] the channels are a plane apart and it stalls).
         let mut xpad = vec![0f32; hp * c * wp];
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        // Each task writes its own output row of every channel.
+        let out_ptr = SendPtr(out.as_mut_ptr());
         for img in 0..n {
             let x = &xs[img * c * h * wd..(img + 1) * c * h * wd];
             xpad.par_chunks_mut(c * wp).enumerate().for_each(|(r, rows)| {

@@ -68,9 +68,10 @@ mod avx512 {
             xpad.par_chunks_mut(c * wp).enumerate().for_each(|(r, rows)| {
                 rows.fill(0.0);
                 let Some(ir) = (r as isize - ph as isize).try_into().ok().filter(|&ir: &usize| ir < h) else { return };
-                let n = wd.min(wp - pw);
+                // The input columns the taps reach.
+                let cols = wd.min(wp - pw);
                 for (ci, row) in rows.chunks_mut(wp).enumerate() {
-                    row[pw..pw + n].copy_from_slice(&x[(ci * h + ir) * wd..(ci * h + ir) * wd + n]);
+                    row[pw..pw + cols].copy_from_slice(&x[(ci * h + ir) * wd..(ci * h + ir) * wd + cols]);
                 }
             });
             let xpad = &xpad;

@@ -524,8 +524,9 @@ fn batched(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
     }
 }
 
-/// Stride-1 convolutions over many channels (DB's 3×3 FPN and head convs: 256 channels, 64 → 55 ms
-/// each at 1024×1024) as one gemm per filter tap, accumulating into the output tile:
+/// Stride-1 convolutions over many channels on CPUs without AVX-512 (with it, `direct_conv` runs
+/// them; DB's 3×3 FPN and head convs: 256 channels, 64 → 55 ms each at 1024×1024 this way, 47 ms
+/// there) as one gemm per filter tap, accumulating into the output tile:
 /// `out[M, rows·Wp] += W[:, :, ki, kj] · xpad[C, rows·Wp]` shifted by `ki·Wp + kj`, over a
 /// zero-padded copy of the tile's input rows (row width `Wp = OW + kw − 1`). The input is copied
 /// once per tile instead of kh·kw times as im2col does; the `kw − 1` columns between output rows are
@@ -805,7 +806,7 @@ simd_fn! {
 /// copy the image nine times to feed a gemm only 27 deep. One task per image and block of output
 /// channels: the image's planes are split into phases once (see [`fill_phases`]), then each output
 /// plane is summed over channels and taps by [`tap_sum4`], four channels per pass (the crop
-/// classifier's stem at batch 64: 25 → 19 ms).
+/// classifier's stem at batch 64: 25 → 17 ms).
 #[allow(clippy::too_many_arguments)]
 fn small_dense(
     xs: &[f32],

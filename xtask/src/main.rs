@@ -125,7 +125,7 @@ enum Task {
         /// `fused` or `eager` (CubeCL backends; step times always sync, so they time eager work).
         #[arg(long, default_value = "eager")]
         mode: String,
-        /// Profiled forwards after one warm-up; each step's time is its minimum over them.
+        /// Profiled forwards after one warm-up; each step's time is its minimum over them (0: only the kernel launches).
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// How many of the slowest nodes to list.

@@ -1,10 +1,10 @@
 //! An executable plan: a specialised program bound to a device, with constants uploaded once and
 //! every value in a numbered slot that is freed after its last use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::cell::Cell;
 
-use burn_backend::TensorData;
+use burn_backend::{DType, TensorData};
 use burn_tensor::Device;
 
 use crate::device::{Backend, Mode};
@@ -12,7 +12,7 @@ use crate::error::{Result, bail, err};
 use crate::model::ElemType;
 use crate::ops::{Kernel, TypeInfo};
 use crate::passes::{Program, run_guarded};
-use crate::tensor::{Ctx, T, download};
+use crate::tensor::{Ctx, T, download, permute};
 
 thread_local! {
     /// Host reads Kiln makes on this thread (all go through [`crate::tensor::download`]); a
@@ -78,10 +78,17 @@ impl Plan {
         };
         let inputs: Vec<_> =
             program.inputs.iter().map(|(n, ty)| (n.clone(), ty.clone(), slot(n, &mut slot_of))).collect();
+        let channels_last = if backend.fuses() { channels_last_weights(&program) } else { HashSet::new() };
         let mut consts = vec![];
         for (name, data) in &program.consts {
             let s = slot(name, &mut slot_of);
-            consts.push((s, run_guarded(|| ctx.upload(data))?));
+            let t = if channels_last.contains(name.as_str()) {
+                let t = run_guarded(|| ctx.upload(&to_channels_last(data)))?;
+                permute(t, &[0, 3, 1, 2])
+            } else {
+                run_guarded(|| ctx.upload(data))?
+            };
+            consts.push((s, t));
         }
         let mut steps: Vec<PlanStep> = program
             .steps
@@ -102,9 +109,9 @@ impl Plan {
             .collect::<Result<_>>()?;
         // Last uses: a value read for the last time is moved into the kernel, which lets the
         // backend reuse its buffer. Constants and outputs are never moved.
-        let pinned: std::collections::HashSet<usize> =
+        let pinned: HashSet<usize> =
             consts.iter().map(|(s, _)| *s).chain(outputs.iter().map(|o| o.2)).collect();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for step in steps.iter_mut().rev() {
             for (s, last) in step.args.iter_mut().rev() {
                 if !pinned.contains(s) && seen.insert(*s) {
@@ -232,4 +239,49 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Constant 2-D conv weights with a spatial kernel, read by nothing but convs. On the CubeCL backends
+/// they are stored channels-last (`[OC, KH, KW, IC]` in memory, `[OC, IC, KH, KW]` as seen): Burn's
+/// direct conv wants the input-channel axis contiguous and otherwise copies the weight on every
+/// forward (one extra kernel per conv, in eager and fused alike).
+fn channels_last_weights(program: &Program) -> HashSet<&str> {
+    let mut conv_weight = HashSet::new();
+    let mut other = HashSet::new();
+    for step in &program.steps {
+        for (i, name) in step.inputs.iter().enumerate() {
+            let is_weight = step.op == "Conv" && i == 1;
+            let spatial = program.consts.get(name).is_some_and(|d| {
+                let s = d.shape();
+                s.len() == 4 && s[2] * s[3] > 1
+            });
+            if is_weight && spatial {
+                conv_weight.insert(name.as_str());
+            } else {
+                other.insert(name.as_str());
+            }
+        }
+    }
+    for (_, source, _) in &program.outputs {
+        other.insert(source.as_str());
+    }
+    conv_weight.retain(|n| !other.contains(n));
+    conv_weight
+}
+
+/// `[OC, IC, KH, KW]` values laid out as `[OC, KH, KW, IC]`.
+fn to_channels_last(data: &TensorData) -> TensorData {
+    let s = data.shape();
+    let (oc, ic, kh, kw) = (s[0], s[1], s[2], s[3]);
+    let src = data.clone().convert_dtype(DType::F32);
+    let v = src.as_slice::<f32>().expect("converted to f32");
+    let mut out = vec![0f32; v.len()];
+    for o in 0..oc {
+        for c in 0..ic {
+            for k in 0..kh * kw {
+                out[(o * kh * kw + k) * ic + c] = v[(o * ic + c) * kh * kw + k];
+            }
+        }
+    }
+    TensorData::new(out, [oc, kh, kw, ic])
 }

@@ -4,11 +4,11 @@
 use burn_backend::ops::{ActivationOps, BoolTensorOps, FloatTensorOps, IntTensorOps};
 use burn_backend::Scalar;
 
-use super::{Input, Lowering, TypeInfo, broadcast, device_dims, input, kernel, opt_input};
+use super::{Input, Lowering, TypeInfo, broadcast, device_dims, input, kernel, kernel_with, opt_input};
 use super::cpu_kernels;
 use crate::error::{Result, bail, err};
 use crate::model::{ElemType, Node};
-use crate::tensor::{B, Ctx, Kind, T, cast, kind, mask_where, reshape, to_rank};
+use crate::tensor::{B, Ctx, Kind, T, cast, kind, mask_where, reshape, reshape_data, to_rank};
 
 pub const OPS: &[&str] = &[
     "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round",
@@ -291,11 +291,37 @@ fn lower_binary(node: &Node, inputs: &[Option<Input>], bin: Bin) -> Result<Lower
         }
     }
 
-    let uses: Vec<usize> = present.iter().map(|(i, _)| *i).collect();
+    // Small constants of lower rank (biases) are stored at the output's rank: reshaping them in
+    // every forward queues an op between a matmul and its bias add, which ends the fuser's block.
+    let (mut uses, mut extra, mut order) = (vec![], vec![], vec![]);
+    for (i, x) in &present {
+        match x.konst {
+            Some(k) if x.ty.rank() < rank && k.num_elements() <= 1 << 16 => {
+                let mut dims = vec![1; rank - x.ty.rank()];
+                dims.extend(&x.ty.shape);
+                order.push(Operand::Extra(extra.len()));
+                extra.push(reshape_data(k.clone(), dims));
+            }
+            _ => {
+                order.push(Operand::Use(uses.len()));
+                uses.push(*i);
+            }
+        }
+    }
+    let used = uses.len();
     // Max/Min select with a mask, which wants both operands at the full shape.
     let full = matches!(bin, Bin::Max | Bin::Min);
-    kernel(vec![TypeInfo::new(out_elem, out_shape)], uses, move |ctx, v| {
-        let mut it = v.into_iter().map(|t| {
+    kernel_with(vec![TypeInfo::new(out_elem, out_shape)], uses, extra, move |ctx, v| {
+        let mut v: Vec<Option<T>> = v.into_iter().map(Some).collect();
+        let operands: Vec<T> = order
+            .iter()
+            .map(|o| match *o {
+                Operand::Use(u) => v[u].take(),
+                Operand::Extra(e) => v[used + e].take(),
+            })
+            .map(|t| t.expect("each operand is taken once"))
+            .collect();
+        let mut it = operands.into_iter().map(|t| {
             let t = to_rank(t, rank);
             if full { crate::tensor::expand(t, &out_dev) } else { t }
         });
@@ -305,6 +331,13 @@ fn lower_binary(node: &Node, inputs: &[Option<Input>], bin: Bin) -> Result<Lower
         }
         vec![reshape(acc, &out_dev)]
     })
+}
+
+/// Where a binary op's operand comes from: a graph value or a constant the lowering reshaped.
+#[derive(Clone, Copy)]
+enum Operand {
+    Use(usize),
+    Extra(usize),
 }
 
 /// `Mod` with `fmod=1`: the remainder takes the dividend's sign, `a − b·trunc(a / b)`.

@@ -15,7 +15,7 @@ use super::cpu_kernels::{self, ConvGeometry, Epilogue};
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
 use crate::passes;
-use crate::tensor::{B, T, expand, reshape, shape, slice, to_rank};
+use crate::tensor::{B, T, expand, permute, reshape, shape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -40,10 +40,18 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
             }
             let max = node.op == "GlobalMaxPool";
             // One reduction over the flattened spatial dims: one kernel instead of one per dim.
-            let flat = [x.ty.shape[0], x.ty.shape[1], x.ty.shape[2..].iter().product()];
+            // On the CubeCL backends activations are channels-last (Burn's convs leave them so),
+            // where the spatial dims flatten as a view only with channels last.
+            let (n, c, hw) = (x.ty.shape[0], x.ty.shape[1], x.ty.shape[2..].iter().product());
+            let rank = out.len();
             kernel(vec![TypeInfo::new(ElemType::F32, out.clone())], vec![0], move |_, mut v| {
-                let t = reshape(v.remove(0), &flat);
-                let t = if max { B::float_max_dim(t, 2) } else { B::float_mean_dim(t, 2) };
+                let x = v.remove(0);
+                let reduce = |t, dim| if max { B::float_max_dim(t, dim) } else { B::float_mean_dim(t, dim) };
+                if is_flex(&x) {
+                    return vec![reshape(reduce(reshape(x, &[n, c, hw]), 2), &out)];
+                }
+                let last: Vec<usize> = std::iter::once(0).chain(2..rank).chain([1]).collect();
+                let t = reduce(reshape(permute(x, &last), &[n, hw, c]), 1);
                 vec![reshape(t, &out)]
             })
         }
@@ -198,6 +206,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         pad: [win.pads[0].0, win.pads[1].0],
         groups,
     };
+    let pointwise = groups == 1 && w4[2..] == [1, 1] && win.stride == [1, 1] && win.pads == [(0, 0); 2];
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let b = (v.len() == 3).then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
@@ -205,6 +214,9 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
         if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
             return vec![lift(y)];
+        }
+        if pointwise {
+            return vec![lift(pointwise_matmul(x, w, b, &geometry, epilogue))];
         }
         if let Some(p) = explicit {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
@@ -294,17 +306,43 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
     })
 }
 
+/// Whether a value lives on flex (NCHW buffers, Kiln's CPU kernels) rather than a CubeCL backend.
+fn is_flex(t: &T) -> bool {
+    matches!(t.kind, burn_dispatch::DispatchTensorKind::Flex(_))
+}
+
 /// Runs a conv through Burn. On the fusing backends the bias is added after the conv rather than
 /// inside it, as an op in the fusion stream, so it fuses with the activation or residual add that
 /// follows (inside Burn's conv it is an extra kernel of its own after a matmul-based conv).
 fn with_bias(x: T, bias: Option<T>, conv: impl FnOnce(T, Option<T>) -> T) -> T {
     match bias {
-        Some(b) if !matches!(x.kind, burn_dispatch::DispatchTensorKind::Flex(_)) => {
+        Some(b) if !is_flex(&x) => {
             let m = shape(&b).iter().product();
             B::float_add(conv(x, None), reshape(b, &[1, m, 1, 1]))
         }
         b => conv(x, b),
     }
+}
+
+/// A 1×1 stride-1 conv as a matmul over channels-last pixels (`[N, HW, C] × [C, OC]`), on the
+/// CubeCL backends. Burn runs such a conv as a matmul anyway, but inside its conv op, where fusion
+/// cannot reach; as a matmul op of its own, the bias and the activation a load pass folded into the
+/// conv can fuse into its epilogue (they come before the output is viewed as NCHW, which the matmul
+/// fuser does not follow). Channels-last is the layout Burn's convs leave their outputs in, so the
+/// permutes are views.
+fn pointwise_matmul(x: T, w: T, b: Option<T>, g: &ConvGeometry, epilogue: Option<Epilogue>) -> T {
+    let ([n, c, h, wd], oc) = (g.input, g.output[1]);
+    let pixels = reshape(permute(x, &[0, 2, 3, 1]), &[n, h * wd, c]);
+    let weight = permute(reshape(w, &[1, oc, c]), &[0, 2, 1]);
+    // Reshaped before the matmul is queued: an unrelated op between the matmul and its epilogue
+    // ends the matmul fuser's block.
+    let bias = b.map(|b| reshape(b, &[1, 1, oc]));
+    let y = B::float_matmul(pixels, weight);
+    let y = match bias {
+        Some(b) => B::float_add(y, b),
+        None => y,
+    };
+    permute(reshape(apply_epilogue(y, epilogue), &[n, h, wd, oc]), &[0, 3, 1, 2])
 }
 
 /// The activation a load pass folded into a conv, on backends without Kiln's CPU kernels.
@@ -533,10 +571,19 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let dev = device_dims(&out);
     if b2.len() == 2 && a2.len() >= 2 {
         // Weights-style right operand: fold every leading dimension of `a` into rows.
+        // On the CubeCL backends `a` keeps its rank and `b` broadcasts over it instead, so that no
+        // reshape follows the matmul: the matmul fuser then takes the bias add after it.
         let rows: usize = a2[..a2.len() - 1].iter().product();
+        let mut b_rank = vec![1; a2.len() - 2];
+        b_rank.extend([k, n]);
         return kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], move |_, mut v| {
-            let b = reshape(v.remove(1), &[k, n]);
-            let a = reshape(v.remove(0), &[rows, k]);
+            let a = v.remove(0);
+            if a2.len() > 2 && !is_flex(&a) {
+                let b = reshape(v.remove(0), &b_rank);
+                return vec![reshape(B::float_matmul(reshape(a, &a2), b), &dev)];
+            }
+            let b = reshape(v.remove(0), &[k, n]);
+            let a = reshape(a, &[rows, k]);
             vec![reshape(B::float_matmul(a, b), &dev)]
         });
     }

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import doctr_onnx  # noqa: E402
-from make_predictions import DEFAULTS, MODES, onnx_path  # noqa: E402
+from make_predictions import DEFAULTS, MODES, onnx_path, postprocess  # noqa: E402
 
 
 def main():
@@ -35,7 +35,8 @@ def main():
     models_dir = Path(args.models)
     paths = {role: onnx_path(models_dir, name)[0] for role, (_, name) in DEFAULTS.items()}
     models = {
-        "det": doctr_onnx.detection(DEFAULTS["det"][0], paths["det"], args.threads),
+        "det": doctr_onnx.detection(DEFAULTS["det"][0], paths["det"], args.threads,
+                                    postprocess=postprocess(models_dir, DEFAULTS["det"][1])),
         "reco": doctr_onnx.recognition(DEFAULTS["reco"][0], paths["reco"], args.threads),
         "crop_orientation": doctr_onnx.classifier(DEFAULTS["crop_orientation"][0], paths["crop_orientation"],
                                                   args.threads),

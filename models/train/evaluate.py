@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "tests" / "fixtures"))
 
+import doctr_onnx  # noqa: E402
 import synth  # noqa: E402
 import train  # noqa: E402
 
@@ -59,6 +60,7 @@ def load(task, weights, suffix, det_size=None):
     if train.TASKS[task].kind == "detection":
         size = det_size or (json.loads(record.read_text())["det_size"] if record.is_file() else 1024)
         model.cfg = {**model.cfg, "input_shape": (3, size, size)}
+        doctr_onnx.set_postprocess(model, train.DET_POSTPROCESS)
     return model.eval()
 
 
@@ -66,14 +68,15 @@ def load_onnx(models_dir, suffix, threads):
     """The cards' bundled ONNX files in docTR's model objects (tests/fixtures/doctr_onnx.py)."""
     import tomllib
 
-    import doctr_onnx
+    def card(task):
+        return tomllib.loads((models_dir / f"{train.TASKS[task].arch}{suffix}.toml").read_text())
 
     def path(task):
-        card = tomllib.loads((models_dir / f"{train.TASKS[task].arch}{suffix}.toml").read_text())
-        return models_dir / card["source"]["bundled"]
+        return models_dir / card(task)["source"]["bundled"]
 
     return {
-        "det": doctr_onnx.detection(train.TASKS["det"].arch, path("det"), threads),
+        "det": doctr_onnx.detection(train.TASKS["det"].arch, path("det"), threads,
+                                    postprocess=card("det")["postprocess"]),
         "reco": doctr_onnx.recognition(train.TASKS["reco"].arch, path("reco"), threads),
         "crop_orientation": doctr_onnx.classifier(train.TASKS["crop_orientation"].arch, path("crop_orientation"),
                                                   threads),
@@ -106,8 +109,6 @@ def dump_case(dump, type_name, i, pg, page, straight, straighten, crop_cls):
 def predictor(models, assume_straight, straighten, crop_cls):
     """docTR's ocr_predictor holding our models (tests/fixtures/doctr_onnx.py; it works the same
     for the PyTorch checkpoints)."""
-    import doctr_onnx
-
     return doctr_onnx.ocr_predictor(models, assume_straight_pages=assume_straight, straighten_pages=straighten,
                                     detect_orientation=straighten, disable_crop_orientation=not crop_cls)
 

@@ -440,23 +440,25 @@ pub fn profile(
          whole forward {whole:.1} ms\n",
         best.len()
     );
-    let mut by_op: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    let mut by_op: std::collections::BTreeMap<&str, (f64, usize, usize)> = Default::default();
     for s in &best {
         let e = by_op.entry(s.op.as_str()).or_default();
         e.0 += s.ms;
         e.1 += 1;
+        e.2 += s.kernels;
     }
     let mut by_op: Vec<_> = by_op.into_iter().collect();
     by_op.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
-    println!("{:<24} {:>6} {:>10} {:>6}", "op", "steps", "ms", "%");
-    for (op, (ms, n)) in by_op {
-        println!("{op:<24} {n:>6} {ms:>10.2} {:>6.1}", 100.0 * ms / total);
+    // Kernels per op: what each op launches unfused (steps are synced one by one).
+    println!("{:<24} {:>6} {:>10} {:>6} {:>8}", "op", "steps", "ms", "%", "kernels");
+    for (op, (ms, n, k)) in by_op {
+        println!("{op:<24} {n:>6} {ms:>10.2} {:>6.1} {k:>8}", 100.0 * ms / total);
     }
     let mut slow = best.clone();
     slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    println!("\n{:<60} {:<18} {:>10}", "node", "op", "ms");
+    println!("\n{:<60} {:<18} {:>10} {:>8}", "node", "op", "ms", "kernels");
     for s in slow.iter().take(top) {
-        println!("{:<60} {:<18} {:>10.2}", s.node, s.op, s.ms);
+        println!("{:<60} {:<18} {:>10.2} {:>8}", s.node, s.op, s.ms, s.kernels);
     }
     Ok(())
 }

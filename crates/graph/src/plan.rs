@@ -39,6 +39,8 @@ pub struct StepTime {
     pub node: String,
     pub op: String,
     pub ms: f64,
+    /// Kernels the step launched (CubeCL backends; 0 on flex).
+    pub kernels: usize,
 }
 
 /// Statistics of one forward.
@@ -172,10 +174,16 @@ impl Plan {
     /// The first step's time also holds the input check and upload.
     pub fn profile(&self, inputs: &[TensorData]) -> Result<Vec<StepTime>> {
         let mut times = vec![];
+        crate::device::sync(&self.device)?;
+        let counter = crate::device::LaunchCounter::start();
+        let mut launched = 0;
         let mut last = std::time::Instant::now();
         self.forward_observed(inputs, |step| {
             crate::device::sync(&self.device)?;
-            times.push(StepTime { node: step.node.clone(), op: step.op.clone(), ms: last.elapsed().as_secs_f64() * 1e3 });
+            let ms = last.elapsed().as_secs_f64() * 1e3;
+            let kernels = counter.count() - launched;
+            launched += kernels;
+            times.push(StepTime { node: step.node.clone(), op: step.op.clone(), ms, kernels });
             last = std::time::Instant::now();
             Ok(())
         })?;

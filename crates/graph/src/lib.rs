@@ -51,6 +51,8 @@ pub struct LoadStats {
     pub conv_affines_folded: usize,
     /// Activations (Relu, HardSwish, Clip) folded into the Conv before them.
     pub conv_activations_fused: usize,
+    /// Nodes that repeated an earlier one (same op, attributes and inputs) and were dropped.
+    pub nodes_deduplicated: usize,
 }
 
 type PlanKey = (Backend, Mode, Vec<Vec<usize>>);
@@ -85,6 +87,7 @@ impl Graph {
         passes::promote_constants(&mut model.graph);
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
+        let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
             decode_ms,
@@ -94,6 +97,7 @@ impl Graph {
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,
+            nodes_deduplicated,
         };
         tracing::info!(model = %model.source.display(), ?stats, "loaded");
         Ok(Self { model, stats, plans: Mutex::new(HashMap::new()) })

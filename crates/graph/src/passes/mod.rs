@@ -1,11 +1,13 @@
 //! Graph passes. Load-time passes need no shapes; `specialize` runs per input shape at compile.
 
+mod dedupe_nodes;
 mod fold_batchnorm;
 mod fuse_patterns;
 mod promote_constants;
 mod prune;
 mod specialize;
 
+pub use dedupe_nodes::dedupe_nodes;
 pub use fold_batchnorm::fold_batchnorm;
 pub use fuse_patterns::{CONV_ACTIVATION, CONV_CLIP, fuse_patterns};
 pub use promote_constants::promote_constants;

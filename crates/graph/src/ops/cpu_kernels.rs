@@ -67,6 +67,12 @@ macro_rules! simd_fn {
 /// Applies `f` to every element in place when `t` is a contiguous f32 flex tensor this step owns
 /// alone; otherwise hands `t` back.
 pub fn map_in_place(t: T, f: impl Fn(f32) -> f32 + Sync) -> Result<T, T> {
+    with_storage_mut(t, |v| v.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v))))
+}
+
+/// Runs `f` on the values of `t` when it is a contiguous f32 flex tensor this step owns alone;
+/// otherwise hands `t` back untouched.
+fn with_storage_mut(t: T, f: impl FnOnce(&mut [f32])) -> Result<T, T> {
     if !enabled() {
         return Err(t);
     }
@@ -79,7 +85,7 @@ pub fn map_in_place(t: T, f: impl Fn(f32) -> f32 + Sync) -> Result<T, T> {
             let n = x.layout().num_elements();
             match x.try_storage_mut::<f32>() {
                 Some(v) => {
-                    v[..n].par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+                    f(&mut v[..n]);
                     Ok(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(x)), autodiff })
                 }
                 None => Err(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(x)), autodiff }),
@@ -87,6 +93,70 @@ pub fn map_in_place(t: T, f: impl Fn(f32) -> f32 + Sync) -> Result<T, T> {
         }
         kind => Err(T { kind, autodiff }),
     }
+}
+
+/// Exact GELU (`0.5·x·(1 + erf(x/√2))`) in place, on flex tensors this step owns alone.
+pub fn gelu_in_place(t: T) -> Result<T, T> {
+    with_storage_mut(t, |v| v.par_chunks_mut(1 << 14).for_each(|c| gelu_slice(c)))
+}
+
+/// `erf` in place, on flex tensors this step owns alone.
+pub fn erf_in_place(t: T) -> Result<T, T> {
+    with_storage_mut(t, |v| v.par_chunks_mut(1 << 14).for_each(|c| erf_slice(c)))
+}
+
+simd_fn! {
+fn gelu_slice(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let mut lanes: [f32; 16] = (&*c).try_into().expect("16 lanes");
+        for x in &mut lanes {
+            *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+        c.copy_from_slice(&lanes);
+    }
+    for x in chunks.into_remainder() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+}
+
+simd_fn! {
+fn erf_slice(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let mut lanes: [f32; 16] = (&*c).try_into().expect("16 lanes");
+        for x in &mut lanes {
+            *x = erf(*x);
+        }
+        c.copy_from_slice(&lanes);
+    }
+    for x in chunks.into_remainder() {
+        *x = erf(*x);
+    }
+}
+}
+
+/// Writes `updates[src .. src + inner]` at `dst` in `data`, for every `(dst, src)` pair, in place
+/// when `data` is a contiguous f32 flex tensor this step owns alone (ScatterND with constant
+/// indices; a chain of them then costs the updates, not a pass over the whole tensor each).
+pub fn scatter_in_place(data: T, updates: &T, writes: &[(usize, usize)], inner: usize) -> Result<T, T> {
+    let Some(src) = flex_slice(updates) else { return Err(data) };
+    if writes.iter().any(|&(_, s)| s + inner > src.len()) {
+        return Err(data);
+    }
+    let mut fits = true;
+    let out = with_storage_mut(data, |dst| {
+        fits = writes.iter().all(|&(d, _)| d + inner <= dst.len());
+        if fits {
+            for &(d, s) in writes {
+                dst[d..d + inner].copy_from_slice(&src[s..s + inner]);
+            }
+        }
+    })?;
+    // Offsets come from the lowering's shapes, so they always fit; checked so a mismatch cannot
+    // write out of bounds.
+    if fits { Ok(out) } else { Err(out) }
 }
 
 /// Bilinear resize of an NCHW tensor to `size`, with ONNX's `align_corners` or `half_pixel`
@@ -1076,6 +1146,15 @@ fn exp(x: f32) -> f32 {
     // n + 127 is in 2..=254 here, so eight bits hold it; a NaN x stays NaN through `e`.
     let biased = (n + (127.0 + 12_582_912.0)).to_bits() & 0xff;
     e * f32::from_bits(biased << 23)
+}
+
+/// `erf` by Abramowitz and Stegun 7.1.26 (absolute error ≤ 1.5e-7), on the vectorised `exp`.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let p = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    (1.0 - p * exp(-a * a)).copysign(x)
 }
 
 #[inline(always)]

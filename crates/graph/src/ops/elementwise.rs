@@ -187,7 +187,7 @@ fn lower_unary(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         "Round" => Box::new(B::float_round),
         "Sin" => Box::new(B::float_sin),
         "Cos" => Box::new(B::float_cos),
-        "Erf" => Box::new(B::float_erf),
+        "Erf" => Box::new(|t: T| cpu_kernels::erf_in_place(t).unwrap_or_else(B::float_erf)),
         "Softplus" => Box::new(|t| B::float_log1p(B::float_exp(t))),
         "Not" => Box::new(B::bool_not),
         "Neg" => Box::new(|t| if kind(&t) == Kind::Float { B::float_neg(t) } else { B::int_neg(t) }),
@@ -209,7 +209,7 @@ fn lower_unary(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
             Box::new(move |t| B::leaky_relu(t, a.into()))
         }
         "Gelu" => match node.string("approximate", "none")?.as_str() {
-            "none" => Box::new(B::gelu),
+            "none" => Box::new(|t: T| cpu_kernels::gelu_in_place(t).unwrap_or_else(B::gelu)),
             "tanh" => Box::new(|t: T| {
                 // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
                 let x3 = B::float_mul(B::float_mul(t.clone(), t.clone()), t.clone());

@@ -5,8 +5,8 @@ use burn_backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps, PadMode};
 use burn_backend::{Slice, TensorData};
 
 use super::{
-    Input, Lowering, TypeInfo, axis, broadcast, const_ints, device_dims, input, ints_data, kernel, kernel_with,
-    opt_input,
+    Input, Lowering, TypeInfo, axis, broadcast, const_ints, cpu_kernels, device_dims, input, ints_data, kernel,
+    kernel_with, opt_input,
 };
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
@@ -550,6 +550,7 @@ fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let strides: Vec<usize> = (0..k).map(|j| dims[j + 1..].iter().product()).collect();
     let mut take = vec![0i64; total];
     let mut mask = vec![0i64; total];
+    let mut writes = vec![];
     for (i, tuple) in indices.chunks(k.max(1)).enumerate() {
         let mut base = 0;
         for (j, &v) in tuple.iter().enumerate().take(k) {
@@ -563,15 +564,26 @@ fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
             take[base + s] = (i * inner + s) as i64;
             mask[base + s] = 1;
         }
+        writes.push((base, i * inner));
     }
     let n_upd = upd.ty.numel();
     let dev = device_dims(dims);
     let extra = vec![ints_data(take, vec![total]), ints_data(mask, vec![total])];
     kernel_with(vec![x.ty.clone()], vec![0, 2], extra, move |ctx, mut v| {
-        let mask = B::int_not_equal_elem(v.remove(3), 0i64.into(), ctx.bool);
-        let take = v.remove(2);
-        let updates = reshape(v.remove(1), &[n_upd]);
-        let data = reshape(v.remove(0), &[total]);
+        // On flex, a float tensor this step owns is written in place (the gather below makes a
+        // pass over all of it, for every ScatterND of a chain).
+        let data = v.remove(0);
+        let data = match kind(&data) {
+            Kind::Float => match cpu_kernels::scatter_in_place(data, &v[0], &writes, inner) {
+                Ok(t) => return vec![t],
+                Err(data) => data,
+            },
+            _ => data,
+        };
+        let mask = B::int_not_equal_elem(v.remove(2), 0i64.into(), ctx.bool);
+        let take = v.remove(1);
+        let updates = reshape(v.remove(0), &[n_upd]);
+        let data = reshape(data, &[total]);
         let moved = select(updates, 0, take);
         vec![reshape(crate::tensor::mask_where(data, mask, moved), &dev)]
     })

@@ -137,6 +137,63 @@ fn erf_slice(v: &mut [f32]) {
 }
 }
 
+/// Softmax (or log-softmax) over rows of `row` contiguous values, in place, on flex tensors this
+/// step owns alone.
+pub fn softmax_in_place(t: T, row: usize, log: bool) -> Result<T, T> {
+    if row == 0 {
+        return Err(t);
+    }
+    with_storage_mut(t, |v| {
+        let rows = (1usize << 14).div_ceil(row);
+        v.par_chunks_mut(rows * row).for_each(|c| softmax_rows(c, row, log))
+    })
+}
+
+simd_fn! {
+fn softmax_rows(v: &mut [f32], row: usize, log: bool) {
+    // Sixteen partial maxima and sums: a single running sum would keep the loop (and the exp in
+    // it) scalar, since float addition may not be reordered.
+    let body = row / 16 * 16;
+    let lanes = |r: &[f32], k: usize| -> [f32; 16] { r[k..k + 16].try_into().expect("16 lanes") };
+    for r in v.chunks_exact_mut(row) {
+        let mut m = [f32::NEG_INFINITY; 16];
+        for k in (0..body).step_by(16) {
+            let x = lanes(r, k);
+            for l in 0..16 {
+                m[l] = m[l].max(x[l]);
+            }
+        }
+        let max = r[body..].iter().chain(&m).fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let mut acc = [0f32; 16];
+        for k in (0..body).step_by(16) {
+            let mut e = lanes(r, k);
+            for l in 0..16 {
+                e[l] = exp(e[l] - max);
+                acc[l] += e[l];
+            }
+            if !log {
+                r[k..k + 16].copy_from_slice(&e);
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for x in &mut r[body..] {
+            let e = exp(*x - max);
+            sum += e;
+            if !log {
+                *x = e;
+            }
+        }
+        if log {
+            let shift = max + sum.ln();
+            r.iter_mut().for_each(|x| *x -= shift);
+        } else {
+            let inv = 1.0 / sum;
+            r.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+}
+
 /// Writes `updates[src .. src + inner]` at `dst` in `data`, for every `(dst, src)` pair, in place
 /// when `data` is a contiguous f32 flex tensor this step owns alone (ScatterND with constant
 /// indices; a chain of them then costs the updates, not a pass over the whole tensor each).

@@ -107,34 +107,32 @@ pub fn erf_in_place(t: T) -> Result<T, T> {
 
 simd_fn! {
 fn gelu_slice(v: &mut [f32]) {
-    let mut chunks = v.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let mut lanes: [f32; 16] = (&*c).try_into().expect("16 lanes");
-        for x in &mut lanes {
-            *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
-        }
-        c.copy_from_slice(&lanes);
-    }
-    for x in chunks.into_remainder() {
-        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
-    }
+    map16(v, |x| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
 }
 }
 
 simd_fn! {
 fn erf_slice(v: &mut [f32]) {
+    map16(v, erf);
+}
+}
+
+/// `f` on every value, sixteen at a time through a fixed-size array, which LLVM turns into whole
+/// vector registers (over a plain slice it leaves such bodies partly scalar). Inlined into the
+/// `simd_fn` callers, so it is compiled for their target features.
+#[inline(always)]
+fn map16(v: &mut [f32], f: impl Fn(f32) -> f32) {
     let mut chunks = v.chunks_exact_mut(16);
     for c in &mut chunks {
         let mut lanes: [f32; 16] = (&*c).try_into().expect("16 lanes");
         for x in &mut lanes {
-            *x = erf(*x);
+            *x = f(*x);
         }
         c.copy_from_slice(&lanes);
     }
     for x in chunks.into_remainder() {
-        *x = erf(*x);
+        *x = f(*x);
     }
-}
 }
 
 /// Softmax (or log-softmax) over rows of `row` contiguous values, in place, on flex tensors this

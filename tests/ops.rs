@@ -133,6 +133,80 @@ fn scatter_nd_writes_rows() {
     assert_eq!(floats(&out[0]), vec![9., 10., 3., 4., 7., 8.]);
 }
 
+/// docTR's exportable `AdaptiveAvgPool2d` as torch unrolls it: for each cell written, Slice → Slice
+/// → ReduceMean → Expand → Reshape → ScatterND, starting from a constant.
+fn adaptive_pool_chain(h: i64, w: i64, (ho, wo): (i64, i64), cells: &[(i64, i64)]) -> OnnxBuilder {
+    let mut b = OnnxBuilder::new(18)
+        .input("x", FLOAT, &[1, 2, h, w])
+        .init_f32("empty", &[1, 2, ho, wo], &vec![0.0; (2 * ho * wo) as usize])
+        .init_i64("axis_h", &[1], &[2])
+        .init_i64("axis_w", &[1], &[3])
+        .init_i64("hw", &[2], &[-2, -1])
+        .init_i64("nc", &[2], &[1, 2]);
+    let mut data = "empty".to_string();
+    for (k, &(oh, ow)) in cells.iter().enumerate() {
+        let v = |s: &str| format!("{s}{k}");
+        let (h0, h1) = (oh * h / ho, ((oh + 1) * h + ho - 1) / ho);
+        let (w0, w1) = (ow * w / wo, ((ow + 1) * w + wo - 1) / wo);
+        b = b
+            .init_i64(&v("h0"), &[1], &[h0])
+            .init_i64(&v("h1"), &[1], &[h1])
+            .init_i64(&v("w0"), &[1], &[w0])
+            .init_i64(&v("w1"), &[1], &[w1])
+            .init_i64(&v("idx"), &[1, 2, 4], &[0, 0, oh, ow, 0, 1, oh, ow])
+            .node("Slice", &["x", &v("h0"), &v("h1"), "axis_h"], &[&v("sh")], &[])
+            .node("Slice", &[&v("sh"), &v("w0"), &v("w1"), "axis_w"], &[&v("sw")], &[])
+            .node("ReduceMean", &[&v("sw"), "hw"], &[&v("mean")], &[("keepdims", A::Int(0))])
+            .node("Expand", &[&v("mean"), "nc"], &[&v("e")], &[])
+            .node("Reshape", &[&v("e"), "nc"], &[&v("r")], &[])
+            .node("ScatterND", &[&data, &v("idx"), &v("r")], &[&v("out")], &[]);
+        data = v("out");
+    }
+    b.node("Identity", &[&data], &["y"], &[]).output("y", FLOAT, &[1, 2, ho, wo])
+}
+
+/// Adaptive average pooling of `[1, 2, h, w]` by its definition; cells not in `cells` stay 0.
+fn adaptive_pool_reference(x: &[f32], h: usize, w: usize, (ho, wo): (usize, usize), cells: &[(i64, i64)]) -> Vec<f32> {
+    let mut out = vec![0.0; 2 * ho * wo];
+    for &(oh, ow) in cells {
+        let (oh, ow) = (oh as usize, ow as usize);
+        let (h0, h1) = (oh * h / ho, ((oh + 1) * h).div_ceil(ho));
+        let (w0, w1) = (ow * w / wo, ((ow + 1) * w).div_ceil(wo));
+        for c in 0..2 {
+            let sum: f32 = (h0..h1).flat_map(|i| (w0..w1).map(move |j| (i, j))).map(|(i, j)| x[(c * h + i) * w + j]).sum();
+            out[(c * ho + oh) * wo + ow] = sum / ((h1 - h0) * (w1 - w0)) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn unrolled_adaptive_pool_becomes_one_reduction() {
+    // (h, w, out, cells written, steps expected): a complete chain with uniform windows becomes
+    // the pool alone (two means); a chain that skips a cell, or has overlapping windows, stays a
+    // chain of scatters, and every one is still right.
+    let all = |ho: i64, wo: i64| -> Vec<(i64, i64)> { (0..ho).flat_map(|i| (0..wo).map(move |j| (i, j))).collect() };
+    let cases: Vec<(i64, i64, (i64, i64), Vec<(i64, i64)>, Option<usize>)> = vec![
+        (4, 6, (2, 3), all(2, 3), Some(1)),
+        (8, 5, (8, 1), all(8, 1), Some(1)),
+        (4, 6, (2, 3), all(2, 3)[1..].to_vec(), None),
+        (5, 6, (2, 3), all(2, 3), None),
+    ];
+    for (h, w, out, cells, want_steps) in cases {
+        let x: Vec<f32> = (0..2 * h * w).map(|v| ((v * 7) % 11) as f32 - 3.0).collect();
+        let (ho, wo) = (out.0 as usize, out.1 as usize);
+        let want = adaptive_pool_reference(&x, h as usize, w as usize, (ho, wo), &cells);
+        let (got, _, steps) = run(adaptive_pool_chain(h, w, out, &cells), TensorData::new(x, vec![1, 2, h as usize, w as usize]));
+        match want_steps {
+            Some(n) => assert_eq!(steps, n, "{h}x{w} -> {out:?}: the chain should be one pool step"),
+            None => assert!(steps > cells.len(), "{h}x{w} -> {out:?}: {steps} steps, the chain must stay"),
+        }
+        for (a, b) in floats(&got[0]).iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5, "{h}x{w} -> {out:?}: {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn hardswish_chain_becomes_one_op() {
     // x · clip(x + 3, 0, 6) / 6, as PaddleOCR exports it.

@@ -549,7 +549,7 @@ fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let total: usize = dims.iter().product();
     let strides: Vec<usize> = (0..k).map(|j| dims[j + 1..].iter().product()).collect();
     let mut take = vec![0i64; total];
-    let mut mask = vec![0i64; total];
+    let mut mask = vec![false; total];
     let mut writes = vec![];
     for (i, tuple) in indices.chunks(k.max(1)).enumerate() {
         let mut base = 0;
@@ -562,14 +562,15 @@ fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         }
         for s in 0..inner {
             take[base + s] = (i * inner + s) as i64;
-            mask[base + s] = 1;
+            mask[base + s] = true;
         }
         writes.push((base, i * inner));
     }
     let n_upd = upd.ty.numel();
     let dev = device_dims(dims);
-    let extra = vec![ints_data(take, vec![total]), ints_data(mask, vec![total])];
-    kernel_with(vec![x.ty.clone()], vec![0, 2], extra, move |ctx, mut v| {
+    // The mask is a bool constant, uploaded once: no compare kernel per forward.
+    let extra = vec![ints_data(take, vec![total]), TensorData::new(mask, vec![total])];
+    kernel_with(vec![x.ty.clone()], vec![0, 2], extra, move |_, mut v| {
         // On flex, a float tensor this step owns is written in place (the gather below makes a
         // pass over all of it, for every ScatterND of a chain).
         let data = v.remove(0);
@@ -580,7 +581,7 @@ fn lower_scatter_nd(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
             },
             _ => data,
         };
-        let mask = B::int_not_equal_elem(v.remove(2), 0i64.into(), ctx.bool);
+        let mask = v.remove(2);
         let take = v.remove(1);
         let updates = reshape(v.remove(0), &[n_upd]);
         let data = reshape(data, &[total]);

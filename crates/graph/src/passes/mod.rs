@@ -1,5 +1,6 @@
 //! Graph passes. Load-time passes need no shapes; `specialize` runs per input shape at compile.
 
+mod adaptive_pool;
 mod dedupe_nodes;
 mod fold_batchnorm;
 mod fuse_patterns;

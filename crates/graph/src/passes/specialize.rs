@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use burn_backend::TensorData;
 
+use super::adaptive_pool::{self, PoolChain, Producer};
 use crate::error::{Error, Result, bail, err};
 use crate::model::{Attr, Node, OnnxModel, Subgraph};
 use crate::ops::{self, Input, Kernel, Lowering, TypeInfo};
@@ -37,11 +38,11 @@ pub struct Program {
 }
 
 #[derive(Clone)]
-struct Value {
-    ty: TypeInfo,
-    konst: Option<Arc<TensorData>>,
+pub(super) struct Value {
+    pub ty: TypeInfo,
+    pub konst: Option<Arc<TensorData>>,
     /// The name the value is produced under (differs from the key for aliases).
-    source: String,
+    pub source: String,
 }
 
 struct Specializer<'a> {
@@ -50,10 +51,21 @@ struct Specializer<'a> {
     steps: Vec<Step>,
     folded: usize,
     fold_ctx: &'a Ctx,
+    /// What the adaptive-pool matcher needs: producers of its ops, and the chains found so far.
+    producers: HashMap<String, Producer>,
+    pools: HashMap<String, PoolChain>,
 }
 
 pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &Ctx) -> Result<Program> {
-    let mut s = Specializer { opset: model.opset, env: HashMap::new(), steps: vec![], folded: 0, fold_ctx };
+    let mut s = Specializer {
+        opset: model.opset,
+        env: HashMap::new(),
+        steps: vec![],
+        folded: 0,
+        fold_ctx,
+        producers: HashMap::new(),
+        pools: HashMap::new(),
+    };
     for (name, ty) in inputs {
         s.env.insert(name.clone(), Value { ty: ty.clone(), konst: None, source: name.clone() });
     }
@@ -114,6 +126,23 @@ impl Specializer<'_> {
             .iter()
             .map(|i| if i.is_empty() { Ok(None) } else { self.value(i).cloned().map(Some) })
             .collect::<Result<_>>()?;
+        if node.op == "ScatterND"
+            && let Some(chain) = adaptive_pool::extend(node, &values, &self.pools, &self.producers)
+        {
+            if chain.complete() {
+                let out = node.outputs[0].clone();
+                self.env.insert(out.clone(), Value { ty: chain.output(), konst: None, source: out.clone() });
+                self.steps.push(Step {
+                    node: node.name.clone(),
+                    op: "AdaptiveAvgPool".into(),
+                    inputs: vec![chain.x.clone()],
+                    outputs: vec![out],
+                    kernel: chain.kernel(),
+                });
+                return Ok(());
+            }
+            self.pools.insert(node.outputs[0].clone(), chain);
+        }
         let inputs: Vec<Option<Input>> = values
             .iter()
             .map(|v| v.as_ref().map(|v| Input { ty: &v.ty, konst: v.konst.as_deref() }))
@@ -165,6 +194,11 @@ impl Specializer<'_> {
                         if !out.is_empty() {
                             self.env.insert(out.clone(), Value { ty: ty.clone(), konst: None, source: out.clone() });
                         }
+                    }
+                    if adaptive_pool::tracks(&node.op) {
+                        let output = l.outputs[0].clone();
+                        let p = Producer { node: node.clone(), inputs: values.clone(), output };
+                        self.producers.insert(node.outputs[0].clone(), p);
                     }
                     self.steps.push(Step {
                         node: node.name.clone(),

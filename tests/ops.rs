@@ -183,13 +183,16 @@ fn adaptive_pool_reference(x: &[f32], h: usize, w: usize, (ho, wo): (usize, usiz
 #[test]
 fn unrolled_adaptive_pool_becomes_one_reduction() {
     // (h, w, out, cells written, steps expected): a complete chain with uniform windows becomes
-    // the pool alone (two means); a chain that skips a cell, or has overlapping windows, stays a
-    // chain of scatters, and every one is still right.
+    // the pool alone; a chain that skips a cell, or has overlapping windows (5 rows into 2, 3 into 4),
+    // stays a chain of scatters, and every one is still right.
     let all = |ho: i64, wo: i64| -> Vec<(i64, i64)> { (0..ho).flat_map(|i| (0..wo).map(move |j| (i, j))).collect() };
     let cases: Vec<(i64, i64, (i64, i64), Vec<(i64, i64)>, Option<usize>)> = vec![
         (4, 6, (2, 3), all(2, 3), Some(1)),
         (8, 5, (8, 1), all(8, 1), Some(1)),
+        // viptr's shape of pool: more cells than rows (each row repeated), the columns averaged.
+        (2, 6, (8, 1), all(8, 1), Some(1)),
         (4, 6, (2, 3), all(2, 3)[1..].to_vec(), None),
+        (3, 6, (4, 3), all(4, 3), None),
         (5, 6, (2, 3), all(2, 3), None),
     ];
     for (h, w, out, cells, want_steps) in cases {

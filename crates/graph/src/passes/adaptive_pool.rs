@@ -3,7 +3,8 @@
 //! zero tensor, 256 chains in viptr_tiny and some 1 300 kernel launches per forward. Once shapes are
 //! specialised the windows and indices are constants, so the specialiser follows such a chain, and
 //! when it has written every cell with the mean over adaptive pooling's window it replaces the whole
-//! chain by one or two mean reductions (the partial chain is then dead and dropped).
+//! chain by a mean reduction or a repeat per axis (the partial chain is then dead and dropped). viptr
+//! pools `[N, H, W, C]` to `(C, 1)`: a mean over C and each of the W positions repeated C / W times.
 
 use std::collections::HashMap;
 
@@ -47,24 +48,31 @@ impl PoolChain {
         TypeInfo::new(ElemType::F32, vec![n, c, self.out[0], self.out[1]])
     }
 
-    /// The pool as mean reductions: windows are uniform (checked when the chain started), so each
-    /// pooled axis is a reshape to `(out, k)` and a mean over `k`, or a plain mean when `out` is 1.
+    /// The pool per axis (each axis divides or is divided by its output, checked when the chain
+    /// started): shrinking is a reshape to `(out, k)` and a mean over `k` (a plain mean when `out` is 1);
+    /// growing makes every window one element, so each is repeated `out / len` times.
     pub fn kernel(&self) -> Kernel {
         let [n, c, h, w] = self.x_shape;
         let [ho, wo] = self.out;
         std::sync::Arc::new(move |_: &Ctx, mut v: Vec<T>| {
             let mut t = v.remove(0);
-            if w != wo {
+            if w > wo {
                 t = match wo {
                     1 => B::float_mean_dim(t, 3),
                     _ => reshape(B::float_mean_dim(reshape(t, &[n, c, h, wo, w / wo]), 4), &[n, c, h, wo]),
                 };
+            } else if w < wo {
+                let t5 = reshape(t, &[n, c, h, w, 1]);
+                t = reshape(B::float_expand(t5, [n, c, h, w, wo / w].into()), &[n, c, h, wo]);
             }
-            if h != ho {
+            if h > ho {
                 t = match ho {
                     1 => B::float_mean_dim(t, 2),
                     _ => reshape(B::float_mean_dim(reshape(t, &[n, c, ho, h / ho, wo]), 3), &[n, c, ho, wo]),
                 };
+            } else if h < ho {
+                let t5 = reshape(t, &[n, c, h, 1, wo]);
+                t = reshape(B::float_expand(t5, [n, c, h, ho / h, wo].into()), &[n, c, ho, wo]);
             }
             vec![t]
         })
@@ -89,7 +97,8 @@ pub(super) fn extend(
         // The chain starts on a constant (ONNX's `torch.empty`): every cell gets overwritten.
         Some(_) => {
             let [dn, dc, ho, wo]: [usize; 4] = data.ty.shape.clone().try_into().ok()?;
-            if (dn, dc) != (n, c) || ho == 0 || wo == 0 || h % ho != 0 || w % wo != 0 || !x.ty.elem.is_float() {
+            let fits = |len: usize, out: usize| len > 0 && out > 0 && (len % out == 0 || out % len == 0);
+            if (dn, dc) != (n, c) || !fits(h, ho) || !fits(w, wo) || !x.ty.elem.is_float() {
                 return None;
             }
             PoolChain { x: x.source.clone(), x_shape, out: [ho, wo], written: vec![false; ho * wo] }

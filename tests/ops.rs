@@ -134,7 +134,8 @@ fn scatter_nd_writes_rows() {
 }
 
 /// docTR's exportable `AdaptiveAvgPool2d` as torch unrolls it: for each cell written, Slice → Slice
-/// → ReduceMean → Expand → Reshape → ScatterND, starting from a constant.
+/// → ReduceMean → Expand → Reshape → ScatterND, starting from a constant. Every other cell uses the
+/// indices viptr's export has, `[N, C, 1, 1, 4]` with updates `[N, C, 1, 1]`.
 fn adaptive_pool_chain(h: i64, w: i64, (ho, wo): (i64, i64), cells: &[(i64, i64)]) -> OnnxBuilder {
     let mut b = OnnxBuilder::new(18)
         .input("x", FLOAT, &[1, 2, h, w])
@@ -142,23 +143,25 @@ fn adaptive_pool_chain(h: i64, w: i64, (ho, wo): (i64, i64), cells: &[(i64, i64)
         .init_i64("axis_h", &[1], &[2])
         .init_i64("axis_w", &[1], &[3])
         .init_i64("hw", &[2], &[-2, -1])
-        .init_i64("nc", &[2], &[1, 2]);
+        .init_i64("nc", &[2], &[1, 2])
+        .init_i64("nc11", &[4], &[1, 2, 1, 1]);
     let mut data = "empty".to_string();
     for (k, &(oh, ow)) in cells.iter().enumerate() {
         let v = |s: &str| format!("{s}{k}");
         let (h0, h1) = (oh * h / ho, ((oh + 1) * h + ho - 1) / ho);
         let (w0, w1) = (ow * w / wo, ((ow + 1) * w + wo - 1) / wo);
+        let (idx_shape, upd_shape): (&[i64], &str) = if k % 2 == 0 { (&[1, 2, 4], "nc") } else { (&[1, 2, 1, 1, 4], "nc11") };
         b = b
             .init_i64(&v("h0"), &[1], &[h0])
             .init_i64(&v("h1"), &[1], &[h1])
             .init_i64(&v("w0"), &[1], &[w0])
             .init_i64(&v("w1"), &[1], &[w1])
-            .init_i64(&v("idx"), &[1, 2, 4], &[0, 0, oh, ow, 0, 1, oh, ow])
+            .init_i64(&v("idx"), idx_shape, &[0, 0, oh, ow, 0, 1, oh, ow])
             .node("Slice", &["x", &v("h0"), &v("h1"), "axis_h"], &[&v("sh")], &[])
             .node("Slice", &[&v("sh"), &v("w0"), &v("w1"), "axis_w"], &[&v("sw")], &[])
             .node("ReduceMean", &[&v("sw"), "hw"], &[&v("mean")], &[("keepdims", A::Int(0))])
             .node("Expand", &[&v("mean"), "nc"], &[&v("e")], &[])
-            .node("Reshape", &[&v("e"), "nc"], &[&v("r")], &[])
+            .node("Reshape", &[&v("e"), upd_shape], &[&v("r")], &[])
             .node("ScatterND", &[&data, &v("idx"), &v("r")], &[&v("out")], &[]);
         data = v("out");
     }

@@ -106,9 +106,12 @@ pub(super) fn extend(
         None => chains.get(&data.source).filter(|ch| ch.x == x.source)?.clone(),
     };
     let [ho, wo] = chain.out;
-    // Indices `[N, C, 4]`, row-major over (n, c), all for one cell.
+    // Indices `[N, C, 4]` (torch's export may keep unit axes, `[N, C, 1, 1, 4]`), row-major over
+    // (n, c), all for one cell.
     let idx = indices.konst.as_ref()?.try_to_vec_as::<i64>().ok()?;
-    if indices.ty.shape != [n, c, 4] || n * c == 0 {
+    let shape = &indices.ty.shape;
+    let unit_middle = shape.len() >= 3 && shape[2..shape.len() - 1].iter().all(|&d| d == 1);
+    if !unit_middle || shape[..2] != [n, c] || shape.last() != Some(&4) || n * c == 0 {
         return None;
     }
     let cell = |v: i64, d: usize| usize::try_from(if v < 0 { v + d as i64 } else { v }).ok().filter(|&v| v < d);

@@ -324,6 +324,11 @@ fn conv_matches_its_definition() {
         ([1, 2, 14, 17], [2, 1, 3, 3], 3, 1, [1, 0, 1, 1], 2),
         ([1, 3, 13, 16], [4, 3, 3, 3], 3, 1, [0, 0, 0, 0], 1),
         ([2, 3, 15, 17], [6, 3, 3, 3], 2, 1, [1, 2, 0, 1], 1),
+        // Depthwise taps that read only padding are skipped: planes one or two rows high (CRNN's
+        // after its height is pooled away), one column wide.
+        ([2, 4, 1, 20], [4, 1, 5, 5], 1, 1, [2, 2, 2, 2], 4),
+        ([1, 3, 2, 9], [3, 1, 5, 5], 2, 1, [2, 2, 2, 2], 3),
+        ([1, 2, 6, 1], [2, 1, 3, 3], 1, 1, [1, 1, 1, 1], 2),
         // Small planes, several images per gemm: CRNN-like 1×1 and 3×3 convs over a few rows.
         ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),

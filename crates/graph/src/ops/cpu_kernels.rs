@@ -729,19 +729,30 @@ pub(super) fn shifted_taps(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogu
 /// [`fill_phases`]), so every filter tap reads contiguous floats and a narrow plane is one run of
 /// outputs (rows `wq` apart, the columns past `OW` computed and dropped), which keeps the vector
 /// units busy on MobileNet's 8×8 and 16×16 planes where row-by-row loops would not. Measured on
-/// the crop classifier at batch 64: its 5×5 depthwise layers 12.8 → 3.3 ms each.
+/// the crop classifier at batch 64: its 5×5 depthwise layers 12.8 → 3.3 ms each. Taps that read
+/// only padding for every output are dropped: CRNN's 5×5 layers on planes one or two rows high
+/// (after its height is pooled away) keep 5 or 15 of their 25.
 fn depthwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+    let [_, c, h, wd] = g.input;
     let [_, _, oh, ow] = g.output;
-    let offs = g.tap_offsets(0, 1);
+    let [kh, kw] = g.kernel;
+    let reaches = |k: usize, axis: usize, len: usize, out: usize| {
+        let (lo, hi) = valid(k, g.stride[axis], g.dilation[axis], g.pad[axis], len, out);
+        lo < hi
+    };
+    let live: Vec<usize> = (0..kh * kw).filter(|t| reaches(t / kw, 0, h, oh) && reaches(t % kw, 1, wd, ow)).collect();
+    let all_offs = g.tap_offsets(0, 1);
+    let offs: Vec<usize> = live.iter().map(|&t| all_offs[t]).collect();
+    let taps: Vec<f32> = (0..c).flat_map(|ch| live.iter().map(move |&t| ws[ch * kh * kw + t])).collect();
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(phases, acc), (p, o)| depthwise_plane(xs, ws, bias, epilogue, g, &offs, p, o, phases, acc),
+        |(phases, acc), (p, o)| depthwise_plane(xs, &taps, bias, epilogue, g, &offs, p, o, phases, acc),
     );
 }
 
 simd_fn! {
-/// One output plane of [`depthwise`]; `offs` are the taps' offsets into `phases`, which, like
-/// `acc`, is scratch reused across planes.
+/// One output plane of [`depthwise`]; `offs` are the live taps' offsets into `phases`, `ws` their
+/// weights, per channel; `phases`, like `acc`, is scratch reused across planes.
 #[allow(clippy::too_many_arguments)]
 fn depthwise_plane(
     xs: &[f32],
@@ -756,11 +767,10 @@ fn depthwise_plane(
     acc: &mut Vec<f32>,
 ) {
     let [_, c, h, wd] = g.input;
-    let [kh, kw] = g.kernel;
     let (hq, wq) = g.phase_dims();
     let ch = p % c;
     let plane = &xs[p * h * wd..(p + 1) * h * wd];
-    let taps = &ws[ch * kh * kw..(ch + 1) * kh * kw];
+    let taps = &ws[ch * offs.len()..(ch + 1) * offs.len()];
     phases.clear();
     phases.resize(g.stride[0] * g.stride[1] * hq * wq, 0.0);
     fill_phases(plane, g, phases);
@@ -1039,39 +1049,40 @@ impl SendPtr {
     }
 }
 
-/// An LSTM's weights for [`lstm`], per direction: `W [4H, I]`, `R [4H, H]` (ONNX's gate order
-/// i, o, f, c) and the summed biases `Wb + Rb [4H]`.
+/// An LSTM's weights for [`lstm`] (ONNX's gate order i, o, f, c).
 pub struct LstmWeights {
+    /// Every direction's `W [4H, I]`, stacked: one gemm projects the input for all of them.
     pub w: Vec<f32>,
-    pub r: Vec<f32>,
-    pub b: Vec<f32>,
+    /// Per direction: `R [4H, H]`, the summed biases `Wb + Rb [4H]`, and whether it runs backward.
+    pub dirs: Vec<(Vec<f32>, Vec<f32>, bool)>,
 }
 
-/// A sequence-first (`layout = 0`) LSTM: per direction one gemm projects every time step's input,
-/// then each step adds `h · Rᵀ` into its gate rows with one small gemm and updates `c` and `h` in
-/// one pass over the gates (Burn's ops spend ~10 allocations and passes per step). Returns `Y`
-/// `[S, D, N, H]`, `Y_h` and `Y_c` `[D, N, H]`; `None` leaves it to Burn's ops.
+/// A sequence-first (`layout = 0`) LSTM: one gemm projects every time step's input for every
+/// direction, then each step adds `h · Rᵀ` into its gate rows with one small gemm and updates `c`
+/// and `h` in one pass over the gates, adding the bias there (Burn's ops spend ~10 allocations and
+/// passes per step). Returns `Y` `[S, D, N, H]`, `Y_h` and `Y_c` `[D, N, H]`; `None` leaves it to
+/// Burn's ops.
 pub fn lstm(
     ctx: &Ctx,
     x: &T,
     h0: Option<&T>,
     c0: Option<&T>,
-    dirs: &[(LstmWeights, bool)],
+    weights: &LstmWeights,
     [seq, batch, input, hidden]: [usize; 4],
 ) -> Option<[T; 3]> {
     if !enabled() {
         return None;
     }
-    // Sequence-first input often arrives as a transposed view (CRNN's features): copy it once.
+    // Sequence-first input often arrives as a transposed view (CRNN's features).
     let copied;
     let xs = match flex_slice(x) {
         Some(xs) => xs,
         None => {
-            copied = contiguous_flex(x)?;
-            flex_slice(&copied)?
+            copied = strided_copy(x)?;
+            copied.as_slice()
         }
     };
-    let nd = dirs.len();
+    let nd = weights.dirs.len();
     fn state(t: Option<&T>, len: usize) -> Option<Option<&[f32]>> {
         match t {
             None => Some(None),
@@ -1079,10 +1090,11 @@ pub fn lstm(
         }
     }
     let (h0, c0) = (state(h0, nd * batch * hidden)?, state(c0, nd * batch * hidden)?);
-    if xs.len() != seq * batch * input {
+    let g = 4 * hidden;
+    let gw = nd * g;
+    if xs.len() != seq * batch * input || weights.w.len() != gw * input {
         return None;
     }
-    let g = 4 * hidden;
     let mut y = vec![0f32; seq * nd * batch * hidden];
     let mut yh = vec![0f32; nd * batch * hidden];
     let mut yc = vec![0f32; nd * batch * hidden];
@@ -1093,28 +1105,21 @@ pub fn lstm(
         yc.copy_from_slice(c0);
     }
     let threads = rayon::current_num_threads();
-    // Every time step's input projection, per direction: gates `[S·N, 4H]` = b + x · Wᵀ.
-    let mut gates: Vec<Vec<f32>> = dirs
-        .iter()
-        .map(|(wts, _)| {
-            let mut gd: Vec<f32> = wts.b.iter().copied().cycle().take(seq * batch * g).collect();
-            // SAFETY: x `[S·N, I]` row-major, W row-major `[4H, I]` read as Wᵀ; all in bounds.
-            unsafe {
-                gemm::gemm(
-                    seq * batch, g, input, gd.as_mut_ptr(), 1, g as isize, true, xs.as_ptr(), 1, input as isize,
-                    wts.w.as_ptr(), input as isize, 1, 1.0f32, 1.0f32, false, false, false,
-                    gemm::Parallelism::Rayon(threads),
-                );
-            }
-            gd
-        })
-        .collect();
+    // Gates `[S·N, D·4H]` = x · Wᵀ, every direction side by side in a row.
+    let mut gates = vec![0f32; seq * batch * gw];
+    // SAFETY: x `[S·N, I]` row-major, W row-major `[D·4H, I]` read as Wᵀ; all in bounds.
+    unsafe {
+        gemm::gemm(
+            seq * batch, gw, input, gates.as_mut_ptr(), 1, gw as isize, false, xs.as_ptr(), 1, input as isize,
+            weights.w.as_ptr(), input as isize, 1, 0.0f32, 1.0f32, false, false, false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
     // The recurrence: batch rows and directions are independent, so each task runs a block of
     // rows of one direction through every step (the per-step gemms are too small to split).
     let chunks = (threads / nd).clamp(1, batch);
     let rows = batch.div_ceil(chunks);
-    let (yp, hp, cp) = (SendPtr(y.as_mut_ptr()), SendPtr(yh.as_mut_ptr()), SendPtr(yc.as_mut_ptr()));
-    let gp: Vec<SendPtr> = gates.iter_mut().map(|gd| SendPtr(gd.as_mut_ptr())).collect();
+    let (yp, hp, cp, gp) = (SendPtr(y.as_mut_ptr()), SendPtr(yh.as_mut_ptr()), SendPtr(yc.as_mut_ptr()), SendPtr(gates.as_mut_ptr()));
     (0..nd * chunks).into_par_iter().for_each(|task| {
         let (d, k) = (task / chunks, task % chunks);
         let (b0, b1) = (k * rows, ((k + 1) * rows).min(batch));
@@ -1122,8 +1127,9 @@ pub fn lstm(
             return;
         }
         let n = b1 - b0;
-        let (wts, backward) = &dirs[d];
-        // SAFETY: this task alone touches rows b0..b1 of direction d in `gates[d]`, `yh`, `yc`, `y`.
+        let (r, b, backward) = &weights.dirs[d];
+        // SAFETY: this task alone touches rows b0..b1 of direction d in `yh`, `yc` and `y`, and
+        // columns d·4H..(d+1)·4H of those rows in `gates`.
         let (h, c) = unsafe {
             let at = (d * batch + b0) * hidden;
             (
@@ -1133,15 +1139,19 @@ pub fn lstm(
         };
         for s in 0..seq {
             let t = if *backward { seq - 1 - s } else { s };
-            // SAFETY: as above; step `[n, 4H]` += h `[n, H]` · Rᵀ (R row-major `[4H, H]`).
-            let step = unsafe { std::slice::from_raw_parts_mut(gp[d].get().add((t * batch + b0) * g), n * g) };
+            // SAFETY: as above; step rows `[n, 4H]` (`D·4H` apart) += h `[n, H]` · Rᵀ (R row-major `[4H, H]`).
+            let step = unsafe { gp.get().add((t * batch + b0) * gw + d * g) };
             unsafe {
                 gemm::gemm(
-                    n, g, hidden, step.as_mut_ptr(), 1, g as isize, true, h.as_ptr(), 1, hidden as isize,
-                    wts.r.as_ptr(), hidden as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                    n, g, hidden, step, 1, gw as isize, true, h.as_ptr(), 1, hidden as isize,
+                    r.as_ptr(), hidden as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
                 );
             }
-            lstm_cell(step, c, h, hidden);
+            for j in 0..n {
+                // SAFETY: as above.
+                let row = unsafe { std::slice::from_raw_parts(step.add(j * gw), g) };
+                lstm_cell(row, b, &mut c[j * hidden..(j + 1) * hidden], &mut h[j * hidden..(j + 1) * hidden]);
+            }
             // SAFETY: as above.
             let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(((t * nd + d) * batch + b0) * hidden), n * hidden) };
             out.copy_from_slice(h);
@@ -1155,33 +1165,82 @@ pub fn lstm(
     ])
 }
 
-simd_fn! {
-/// One LSTM step's gate activations and state update for every batch row:
-/// `c = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`.
-fn lstm_cell(gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
-    for ((row, c), h) in gates.chunks(4 * hidden).zip(c.chunks_mut(hidden)).zip(h.chunks_mut(hidden)) {
-        let (i, rest) = row.split_at(hidden);
-        let (o, rest) = rest.split_at(hidden);
-        let (f, g) = rest.split_at(hidden);
-        // Sixteen lanes at a time through fixed-size arrays, which LLVM turns into whole zmm
-        // registers (over plain slices it kept part of the cell scalar).
-        let body = hidden / 16 * 16;
-        for k in (0..body).step_by(16) {
-            let lanes = |v: &[f32]| -> [f32; 16] { v[k..k + 16].try_into().expect("16 lanes") };
-            let (iv, ov, fv, gv, mut cv) = (lanes(i), lanes(o), lanes(f), lanes(g), lanes(c));
-            let mut hv = [0f32; 16];
-            for l in 0..16 {
-                cv[l] = sigmoid(fv[l]) * cv[l] + sigmoid(iv[l]) * tanh(gv[l]);
-                hv[l] = sigmoid(ov[l]) * tanh(cv[l]);
+/// The values of a rank-3 flex float view, row-major. A view transposed between its first and
+/// last axes (CRNN's `[W, N, C]` features, a permute of `[N, C, W]`) is copied in 16×16 tiles of
+/// those axes, parallel over the middle one, so reads and writes both stay in cache lines; Burn's
+/// flex walks such a view one element at a time (1.6 ms of CRNN's 39 at batch 64).
+fn strided_copy(t: &T) -> Option<Vec<f32>> {
+    let DispatchTensorKind::Flex(BackendTensor::Float(f)) = &t.kind else { return None };
+    let layout = f.layout();
+    let (&[a, b, c], strides) = (layout.shape().as_slice(), layout.strides()) else {
+        let copy = contiguous_flex(t)?;
+        return flex_slice(&copy).map(<[f32]>::to_vec);
+    };
+    let (sa, sb, sc) = (strides[0], strides[1], strides[2]);
+    if f.dtype() != burn_backend::DType::F32 || sa < 0 || sb < 0 || sc < 0 {
+        let copy = contiguous_flex(t)?;
+        return flex_slice(&copy).map(<[f32]>::to_vec);
+    }
+    let (sa, sb, sc) = (sa as usize, sb as usize, sc as usize);
+    let src = f.storage::<f32>();
+    let offset = layout.start_offset();
+    let last = offset + (a.max(1) - 1) * sa + (b.max(1) - 1) * sb + (c.max(1) - 1) * sc;
+    if a * b * c == 0 || last >= src.len() {
+        return (a * b * c == 0).then(Vec::new);
+    }
+    let mut out = vec![0f32; a * b * c];
+    let op = SendPtr(out.as_mut_ptr());
+    const TILE: usize = 16;
+    (0..b).into_par_iter().for_each(|j| {
+        for i0 in (0..a).step_by(TILE) {
+            for k0 in (0..c).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(a) {
+                    let from = offset + i * sa + j * sb;
+                    // SAFETY: this task alone writes the row `(i, j, ..)` of `out`.
+                    let row = unsafe { std::slice::from_raw_parts_mut(op.get().add((i * b + j) * c), c) };
+                    for k in k0..(k0 + TILE).min(c) {
+                        row[k] = src[from + k * sc];
+                    }
+                }
             }
-            c[k..k + 16].copy_from_slice(&cv);
-            h[k..k + 16].copy_from_slice(&hv);
         }
-        for j in body..hidden {
-            let cj = sigmoid(f[j]) * c[j] + sigmoid(i[j]) * tanh(g[j]);
-            c[j] = cj;
-            h[j] = sigmoid(o[j]) * tanh(cj);
+    });
+    Some(out)
+}
+
+simd_fn! {
+/// One LSTM step's gate activations and state update for one batch row, whose gates `i, o, f, g`
+/// lack the bias `b`: `c = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`.
+fn lstm_cell(gates: &[f32], b: &[f32], c: &mut [f32], h: &mut [f32]) {
+    let hidden = c.len();
+    let (i, rest) = gates.split_at(hidden);
+    let (o, rest) = rest.split_at(hidden);
+    let (f, g) = rest.split_at(hidden);
+    let (bi, rest) = b.split_at(hidden);
+    let (bo, rest) = rest.split_at(hidden);
+    let (bf, bg) = rest.split_at(hidden);
+    // Sixteen lanes at a time through fixed-size arrays, which LLVM turns into whole zmm
+    // registers (over plain slices it kept part of the cell scalar).
+    let body = hidden / 16 * 16;
+    for k in (0..body).step_by(16) {
+        let lanes = |v: &[f32], b: &[f32]| -> [f32; 16] {
+            let (v, b): (&[f32; 16], &[f32; 16]) = (v[k..k + 16].try_into().expect("16 lanes"), b[k..k + 16].try_into().expect("16 lanes"));
+            std::array::from_fn(|l| v[l] + b[l])
+        };
+        let (iv, ov, fv, gv) = (lanes(i, bi), lanes(o, bo), lanes(f, bf), lanes(g, bg));
+        let mut cv: [f32; 16] = c[k..k + 16].try_into().expect("16 lanes");
+        let mut hv = [0f32; 16];
+        for l in 0..16 {
+            cv[l] = sigmoid(fv[l]) * cv[l] + sigmoid(iv[l]) * tanh(gv[l]);
+            hv[l] = sigmoid(ov[l]) * tanh(cv[l]);
         }
+        c[k..k + 16].copy_from_slice(&cv);
+        h[k..k + 16].copy_from_slice(&hv);
+    }
+    for j in body..hidden {
+        let cj = sigmoid(f[j] + bf[j]) * c[j] + sigmoid(i[j] + bi[j]) * tanh(g[j] + bg[j]);
+        c[j] = cj;
+        h[j] = sigmoid(o[j] + bo[j]) * tanh(cj);
     }
 }
 }

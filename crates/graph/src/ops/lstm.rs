@@ -66,19 +66,16 @@ pub fn lower(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     };
     let reverse_only = direction == "reverse";
     // Host copies for the flex kernel (untransposed, biases summed), with each direction's sense.
-    let host: std::sync::Arc<Vec<(LstmWeights, bool)>> = std::sync::Arc::new(
-        (0..dirs)
+    let host = std::sync::Arc::new(LstmWeights {
+        w: wv.clone(),
+        dirs: (0..dirs)
             .map(|d| {
                 let b = &bv[d * 2 * g..(d + 1) * 2 * g];
-                let weights = LstmWeights {
-                    w: wv[d * g * isz..(d + 1) * g * isz].to_vec(),
-                    r: rv[d * g * hidden..(d + 1) * g * hidden].to_vec(),
-                    b: (0..g).map(|i| b[i] + b[g + i]).collect(),
-                };
-                (weights, reverse_only || d == 1)
+                let summed = (0..g).map(|i| b[i] + b[g + i]).collect();
+                (rv[d * g * hidden..(d + 1) * g * hidden].to_vec(), summed, reverse_only || d == 1)
             })
             .collect(),
-    );
+    });
     let mut extra = vec![];
     for d in 0..dirs {
         extra.push(TensorData::new(transpose(&wv[d * g * isz..(d + 1) * g * isz], g, isz), vec![isz, g]));

@@ -485,3 +485,51 @@ fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
         assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} groups {groups}: off by {worst}");
     }
 }
+
+/// ONNX's bilinear resize of one plane, by its definition: each output pixel maps back to a source
+/// coordinate (align_corners or half_pixel, clamped) and blends its four neighbours.
+fn bilinear_reference(x: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize), align: bool) -> Vec<f32> {
+    let src = |d: usize, len: usize, out: usize| -> f32 {
+        let s = if align { if out > 1 { d as f32 * (len - 1) as f32 / (out - 1) as f32 } else { 0.0 } } else { (d as f32 + 0.5) * len as f32 / out as f32 - 0.5 };
+        s.clamp(0.0, (len - 1) as f32)
+    };
+    let mut out = vec![];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let (sy, sx) = (src(oy, h, oh), src(ox, w, ow));
+            let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
+            let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+            let (fy, fx) = (sy - y0 as f32, sx - x0 as f32);
+            let at = |y: usize, c: usize| x[y * w + c];
+            let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+            let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    out
+}
+
+#[test]
+fn bilinear_resize_matches_its_definition_and_to_its_own_size_is_free() {
+    // Up-sampling (interpolated along columns first), down-sampling (along rows first), a mixed
+    // one, and DB's resize of a branch to its own size, which becomes no step at all.
+    let cases = [((3, 5), (12, 10)), ((8, 6), (4, 3)), ((4, 4), (2, 12)), ((5, 7), (5, 7))];
+    let mut rand = uniform(7);
+    for ((h, w), (oh, ow)) in cases {
+        for align in [true, false] {
+            let x = rand(2 * h * w);
+            let ctm = if align { "align_corners" } else { "half_pixel" };
+            let b = OnnxBuilder::new(13)
+                .input("x", FLOAT, &[1, 2, h as i64, w as i64])
+                .init_i64("sizes", &[4], &[1, 2, oh as i64, ow as i64])
+                .node("Resize", &["x", "", "", "sizes"], &["y"], &[("mode", A::Str("linear")), ("coordinate_transformation_mode", A::Str(ctm))])
+                .output("y", FLOAT, &[1, 2, oh as i64, ow as i64]);
+            let (out, _, steps) = run(b, TensorData::new(x.clone(), vec![1, 2, h, w]));
+            let got = floats(&out[0]);
+            let want: Vec<f32> = x.chunks(h * w).flat_map(|p| bilinear_reference(p, (h, w), (oh, ow), align)).collect();
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-5, "{h}×{w} → {oh}×{ow} ({ctm}): max diff {diff}");
+            assert_eq!(steps, usize::from((h, w) != (oh, ow)), "{h}×{w} → {oh}×{ow}: steps");
+        }
+    }
+}

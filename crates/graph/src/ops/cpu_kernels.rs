@@ -250,17 +250,35 @@ pub fn resize_bilinear(ctx: &Ctx, x: &T, shape: &[usize], size: [usize; 2], alig
 }
 
 simd_fn! {
-/// One plane of [`resize_bilinear`]: each output row interpolates its two input rows into `mid`
-/// (contiguous, vectorised), then gathers the output columns from it.
+/// One plane of [`resize_bilinear`]. The column taps are a gather, the row taps a vectorised
+/// blend of two rows, so the gather runs over whichever has fewer rows: when up-sampling, every
+/// input row is interpolated to the output width once into `mid` and each output row blends two of
+/// those (DB's FPN: 8× fewer gathers for its 32→256 branch); otherwise each output row blends its
+/// two input rows into `mid` and gathers from it.
 fn resize_plane(plane: &[f32], w: usize, o: &mut [f32], ty: &[(usize, usize, f32)], tx: &[(usize, usize, f32)], mid: &mut Vec<f32>) {
     let ow = tx.len();
+    let h = plane.len() / w;
+    let gather = |dst: &mut [f32], row: &[f32]| {
+        for (v, &(x0, x1, wx)) in dst.iter_mut().zip(tx) {
+            *v = row[x0] + wx * (row[x1] - row[x0]);
+        }
+    };
+    if ty.len() > h {
+        mid.resize(h * ow, 0.0);
+        for (dst, row) in mid.chunks_mut(ow).zip(plane.chunks(w)) {
+            gather(dst, row);
+        }
+        for (orow, &(y0, y1, wy)) in o.chunks_mut(ow).zip(ty) {
+            let (r0, r1) = (&mid[y0 * ow..(y0 + 1) * ow], &mid[y1 * ow..(y1 + 1) * ow]);
+            orow.iter_mut().zip(r0.iter().zip(r1)).for_each(|(v, (&a, &b))| *v = a + wy * (b - a));
+        }
+        return;
+    }
     mid.resize(w, 0.0);
     for (orow, &(y0, y1, wy)) in o.chunks_mut(ow).zip(ty) {
         let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
         mid.iter_mut().zip(r0.iter().zip(r1)).for_each(|(m, (&a, &b))| *m = a + wy * (b - a));
-        for (v, &(x0, x1, wx)) in orow.iter_mut().zip(tx) {
-            *v = mid[x0] + wx * (mid[x1] - mid[x0]);
-        }
+        gather(orow, mid);
     }
 }
 }

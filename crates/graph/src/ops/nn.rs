@@ -640,6 +640,11 @@ fn lower_resize(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Low
     }
     let mode = node.string("mode", "nearest")?;
     let ctm = node.string("coordinate_transformation_mode", if opset < 11 { "asymmetric" } else { "half_pixel" })?;
+    // To its own size, every coordinate mode but crop-and-resize maps each pixel onto itself (DB's
+    // FPN "resizes" its finest branch so, a full pass over 4M floats at 1024×1024).
+    if out == xs && matches!(mode.as_str(), "nearest" | "linear") && ctm != "tf_crop_and_resize" {
+        return Ok(Lowering::Alias(0));
+    }
     let nearest_mode = node.string("nearest_mode", "round_prefer_floor")?;
     let integer_up = out[2] % xs[2] == 0 && out[3] % xs[3] == 0;
     let options = match mode.as_str() {

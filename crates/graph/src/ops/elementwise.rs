@@ -176,8 +176,8 @@ fn lower_unary(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     }
     let f: Box<dyn Fn(T) -> T + Send + Sync> = match node.op.as_str() {
         "Relu" => Box::new(B::relu),
-        "Sigmoid" => Box::new(B::sigmoid),
-        "Tanh" => Box::new(B::float_tanh),
+        "Sigmoid" => Box::new(|t: T| cpu_kernels::sigmoid_in_place(t).unwrap_or_else(B::sigmoid)),
+        "Tanh" => Box::new(|t: T| cpu_kernels::tanh_in_place(t).unwrap_or_else(B::float_tanh)),
         "Exp" => Box::new(B::float_exp),
         "Log" => Box::new(B::float_log),
         "Sqrt" => Box::new(B::float_sqrt),

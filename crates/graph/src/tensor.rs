@@ -110,6 +110,9 @@ pub fn reshape(t: T, dims: &[usize]) -> T {
     if shape(&t) == dims {
         return t;
     }
+    if let Some(copied) = crate::ops::reshape_copy(&t, dims) {
+        return copied;
+    }
     let s = Shape::from(dims.to_vec());
     by_kind!(t, |x| float_reshape(x, s.clone()), int_reshape(x, s.clone()), bool_reshape(x, s))
 }

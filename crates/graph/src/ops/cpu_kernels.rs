@@ -1160,7 +1160,7 @@ pub fn lstm(
     let xs = match flex_slice(x) {
         Some(xs) => xs,
         None => {
-            copied = strided_copy(x)?;
+            copied = strided_copy(x).or_else(|| contiguous_flex(x).and_then(|c| flex_slice(&c).map(<[f32]>::to_vec)))?;
             copied.as_slice()
         }
     };
@@ -1247,47 +1247,82 @@ pub fn lstm(
     ])
 }
 
-/// The values of a rank-3 flex float view, row-major. A view transposed between its first and
-/// last axes (CRNN's `[W, N, C]` features, a permute of `[N, C, W]`) is copied in 16×16 tiles of
-/// those axes, parallel over the middle one, so reads and writes both stay in cache lines; Burn's
-/// flex walks such a view one element at a time (1.6 ms of CRNN's 39 at batch 64).
-fn strided_copy(t: &T) -> Option<Vec<f32>> {
+/// The values of a flex float view, row-major, when its last axis is not the one laid out
+/// contiguously (a permuted view: CRNN's `[W, N, C]` features, attention heads split and
+/// transposed). The view is copied in 16×16 tiles of its last axis and its most tightly strided
+/// one, so that reads and writes both stay in cache lines, parallel over the other axes. Burn's
+/// flex walks such views one element at a time (1.6 ms of CRNN's 39 at batch 64; 21 ms of
+/// viptr_tiny's reshapes). `None` when flex's own copy is as good (unit last stride) or the view
+/// is not a plain f32 flex view with non-negative strides.
+pub fn strided_copy(t: &T) -> Option<Vec<f32>> {
     let DispatchTensorKind::Flex(BackendTensor::Float(f)) = &t.kind else { return None };
     let layout = f.layout();
-    let (&[a, b, c], strides) = (layout.shape().as_slice(), layout.strides()) else {
-        let copy = contiguous_flex(t)?;
-        return flex_slice(&copy).map(<[f32]>::to_vec);
-    };
-    let (sa, sb, sc) = (strides[0], strides[1], strides[2]);
-    if f.dtype() != burn_backend::DType::F32 || sa < 0 || sb < 0 || sc < 0 {
-        let copy = contiguous_flex(t)?;
-        return flex_slice(&copy).map(<[f32]>::to_vec);
+    let (shape, strides) = (layout.shape().as_slice(), layout.strides());
+    let rank = shape.len();
+    if f.dtype() != burn_backend::DType::F32 || rank < 2 || strides.iter().any(|&s| s < 0) || strides[rank - 1] == 1 {
+        return None;
     }
-    let (sa, sb, sc) = (sa as usize, sb as usize, sc as usize);
+    let strides: Vec<usize> = strides.iter().map(|&s| s as usize).collect();
+    let numel: usize = shape.iter().product();
     let src = f.storage::<f32>();
     let offset = layout.start_offset();
-    let last = offset + (a.max(1) - 1) * sa + (b.max(1) - 1) * sb + (c.max(1) - 1) * sc;
-    if a * b * c == 0 || last >= src.len() {
-        return (a * b * c == 0).then(Vec::new);
+    if numel == 0 {
+        return Some(Vec::new());
     }
-    let mut out = vec![0f32; a * b * c];
+    let last = offset + shape.iter().zip(&strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
+    if last >= src.len() {
+        return None;
+    }
+    let c = rank - 1;
+    // The other tile axis: the most tightly strided of the rest (ties: the innermost).
+    let a = (0..c).filter(|&i| shape[i] > 1).min_by_key(|&i| (strides[i], usize::MAX - i)).unwrap_or(0);
+    let mut dst_strides = vec![1usize; rank];
+    for i in (0..c).rev() {
+        dst_strides[i] = dst_strides[i + 1] * shape[i + 1];
+    }
+    let outer: Vec<usize> = (0..c).filter(|&i| i != a).collect();
+    let outer_count: usize = outer.iter().map(|&i| shape[i]).product();
+    let mut out = vec![0f32; numel];
     let op = SendPtr(out.as_mut_ptr());
     const TILE: usize = 16;
-    (0..b).into_par_iter().for_each(|j| {
-        for i0 in (0..a).step_by(TILE) {
-            for k0 in (0..c).step_by(TILE) {
-                for i in i0..(i0 + TILE).min(a) {
-                    let from = offset + i * sa + j * sb;
-                    // SAFETY: this task alone writes the row `(i, j, ..)` of `out`.
-                    let row = unsafe { std::slice::from_raw_parts_mut(op.get().add((i * b + j) * c), c) };
-                    for k in k0..(k0 + TILE).min(c) {
-                        row[k] = src[from + k * sc];
+    (0..outer_count).into_par_iter().for_each(|mut flat| {
+        let (mut from, mut to) = (offset, 0);
+        for &i in outer.iter().rev() {
+            let idx = flat % shape[i];
+            flat /= shape[i];
+            from += idx * strides[i];
+            to += idx * dst_strides[i];
+        }
+        for i0 in (0..shape[a]).step_by(TILE) {
+            for k0 in (0..shape[c]).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(shape[a]) {
+                    let (s, d) = (from + i * strides[a], to + i * dst_strides[a]);
+                    // SAFETY: output positions `to + i·dst_strides[a] + k` belong to this task's
+                    // outer index alone and lie inside `out`.
+                    let row = unsafe { std::slice::from_raw_parts_mut(op.get().add(d), shape[c]) };
+                    for k in k0..(k0 + TILE).min(shape[c]) {
+                        row[k] = src[s + k * strides[c]];
                     }
                 }
             }
         }
     });
     Some(out)
+}
+
+/// A reshape of a flex float view that flex could only do by copying it element by element (see
+/// [`strided_copy`]): copied in tiles first, then reshaped in place.
+pub fn reshape_copy(t: &T, dims: &[usize]) -> Option<T> {
+    if !enabled() {
+        return None;
+    }
+    let DispatchTensorKind::Flex(BackendTensor::Float(f)) = &t.kind else { return None };
+    if f.layout().reshape(burn_backend::Shape::from(dims.to_vec())).is_some() {
+        return None;
+    }
+    let values = strided_copy(t)?;
+    let flex = burn_flex::FlexTensor::from_data(TensorData::new(values, dims.to_vec()));
+    Some(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(flex)), autodiff: t.autodiff })
 }
 
 simd_fn! {

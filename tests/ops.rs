@@ -329,6 +329,11 @@ fn conv_matches_its_definition() {
         ([2, 4, 1, 20], [4, 1, 5, 5], 1, 1, [2, 2, 2, 2], 4),
         ([1, 3, 2, 9], [3, 1, 5, 5], 2, 1, [2, 2, 2, 2], 3),
         ([1, 2, 6, 1], [2, 1, 3, 3], 1, 1, [1, 1, 1, 1], 2),
+        // RGB stems large enough to run in several bands of output rows (strided with asymmetric
+        // pads, dilated).
+        ([1, 3, 200, 300], [8, 3, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([2, 3, 190, 250], [6, 3, 3, 3], 2, 1, [1, 0, 2, 1], 1),
+        ([1, 3, 160, 200], [5, 3, 3, 3], 1, 2, [2, 2, 2, 2], 1),
         // Small planes, several images per gemm: CRNN-like 1×1 and 3×3 convs over a few rows.
         ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),

@@ -482,15 +482,21 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
         }
         depthwise(xs, ws, bs, epilogue, &mut out, g);
     } else if g.groups == 1 && c * g.kernel[0] * g.kernel[1] <= SMALL_K && g.kernel != [1, 1] {
-        // Blocks of output channels, enough for every thread when the batch is small.
-        // (`per` divides M so that no block straddles two images.)
-        let want = m.div_ceil(rayon::current_num_threads().div_ceil(n).clamp(1, m));
-        let per = (1..=want).rev().find(|d| m % d == 0).unwrap_or(1);
-        let blocks = m / per;
-        out.par_chunks_mut(per * oh * ow).enumerate().for_each_init(Default::default, |scratch, (t, o)| {
-            let (img, b) = (t / blocks, t % blocks);
-            let channels = b * per..((b + 1) * per).min(m);
-            small_dense(xs, ws, bs, epilogue, g, (img, channels), o, scratch)
+        // Bands of output rows, every output channel at once: a band's input phases stay in
+        // cache while all channels are summed over them, and large images give every thread work.
+        let row_floats = c * g.stride[0] * g.padded_dims().1;
+        let band = (BAND_FLOATS / row_floats.max(1)).clamp(1, oh);
+        let bands = oh.div_ceil(band);
+        let plane = oh * ow;
+        let op = SendPtr(out.as_mut_ptr());
+        (0..n * bands).into_par_iter().for_each_init(Default::default, |scratch, t| {
+            let (img, b) = (t / bands, t % bands);
+            let rows = b * band..((b + 1) * band).min(oh);
+            let at = |j: usize| (img * m + j) * plane + rows.start * ow;
+            // SAFETY: rows `rows` of image `img`'s output planes belong to this task alone.
+            let mut outs: Vec<&mut [f32]> =
+                (0..m).map(|j| unsafe { std::slice::from_raw_parts_mut(op.get().add(at(j)), rows.len() * ow) }).collect();
+            small_dense(xs, ws, bs, epilogue, g, img, rows, &mut outs, scratch)
         });
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
         batched(xs, ws, bs, epilogue, &mut out, g);
@@ -930,15 +936,15 @@ fn tap_sum(out: &mut [f32], init: f32, src: &[f32], offs: &[usize], wts: &[f32])
 }
 
 /// [`tap_sum`] for four runs of `len` that read the same source at the same offsets, each with its
-/// own weights (`wts[g·T + t]`) into `out[g·stride..g·stride + len]`: every source block is loaded
-/// once for all four (a stem's output channels). Blocks of 8 floats, 32 sums in all: what LLVM
-/// keeps in registers (larger blocks are summed on the stack).
+/// own weights (`wts[g·T + t]`) into `outs[g][at..at + len]`: every source block is loaded once for
+/// all four (a stem's output channels). Blocks of 8 floats, 32 sums in all: what LLVM keeps in
+/// registers (larger blocks are summed on the stack).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tap_sum4(out: &mut [f32], len: usize, stride: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
+fn tap_sum4(outs: &mut [&mut [f32]], at: usize, len: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn block<const B: usize>(out: &mut [f32], stride: usize, x: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
+    fn block<const B: usize>(outs: &mut [&mut [f32]], x: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
         let taps = offs.len();
         let (w0, w1, w2, w3) = (&wts[..taps], &wts[taps..2 * taps], &wts[2 * taps..3 * taps], &wts[3 * taps..4 * taps]);
         let (mut a0, mut a1, mut a2, mut a3) = ([init[0]; B], [init[1]; B], [init[2]; B], [init[3]; B]);
@@ -952,17 +958,19 @@ fn tap_sum4(out: &mut [f32], len: usize, stride: usize, init: [f32; 4], src: &[f
                 a3[i] += v3 * s[i];
             }
         }
-        for (g, a) in [a0, a1, a2, a3].iter().enumerate() {
-            out[g * stride + x..g * stride + x + B].copy_from_slice(a);
+        for (out, a) in outs.iter_mut().zip([a0, a1, a2, a3]) {
+            out[x..x + B].copy_from_slice(&a);
         }
     }
+    let outs = &mut outs[..4];
+    let mut rest: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[at..at + len]).collect();
     let mut x = 0;
     while x + 8 <= len {
-        block::<8>(out, stride, x, init, src, offs, wts);
+        block::<8>(&mut rest, x, init, src, offs, wts);
         x += 8;
     }
     while x < len {
-        block::<1>(out, stride, x, init, src, offs, wts);
+        block::<1>(&mut rest, x, init, src, offs, wts);
         x += 1;
     }
 }
@@ -1018,12 +1026,16 @@ fn fill_phases(plane: &[f32], g: &ConvGeometry, phases: &mut [f32]) {
     }
 }
 
+/// Input floats (all channels' phases) one band of [`small_dense`] spans: half a typical L2.
+const BAND_FLOATS: usize = 1 << 16;
+
 simd_fn! {
 /// Dense convolutions with few taps per output (RGB stems: 3 channels × 3×3), where im2col would
-/// copy the image nine times to feed a gemm only 27 deep. One task per image and block of output
-/// channels: the image's planes are split into phases once (see [`fill_phases`]), then each output
-/// plane is summed over channels and taps by [`tap_sum4`], four channels per pass (the crop
-/// classifier's stem at batch 64: 25 → 17 ms).
+/// copy the image nine times to feed a gemm only 27 deep. One task per image and band of output
+/// rows: the band's input rows are split into phases once (see [`fill_phases`]), then each output
+/// channel's rows are summed over channels and taps by [`tap_sum4`], four channels per pass. (The
+/// crop classifier's stem at batch 64: 25 → 17 ms as one task per image; in bands, DB's at
+/// 1024×1024 no longer re-reads 12.6 MB of phases per four channels.)
 #[allow(clippy::too_many_arguments)]
 fn small_dense(
     xs: &[f32],
@@ -1031,52 +1043,63 @@ fn small_dense(
     bias: Option<&[f32]>,
     epilogue: Option<Epilogue>,
     g: &ConvGeometry,
-    task: (usize, std::ops::Range<usize>),
-    out: &mut [f32],
+    img: usize,
+    rows: std::ops::Range<usize>,
+    outs: &mut [&mut [f32]],
     scratch: &mut (Vec<f32>, Vec<f32>),
 ) {
     let [_, c, h, wd] = g.input;
     let [kh, kw] = g.kernel;
-    let (hq, wq) = g.phase_dims();
-    let (img, channels) = task;
+    let ([sh, _], [dh, _], [ph, _]) = (g.stride, g.dilation, g.pad);
+    // The band as a convolution of its own: the input rows its taps reach (padded coordinates
+    // r0..r1), with what is left of the leading pad.
+    let (r0, r1) = (rows.start * sh, (rows.end - 1) * sh + (kh - 1) * dh + 1);
+    let (lo, hi) = (r0.saturating_sub(ph).min(h), r1.saturating_sub(ph).min(h));
+    let bg = ConvGeometry {
+        input: [1, c, hi - lo, wd],
+        output: [1, g.output[1], rows.len(), g.output[3]],
+        pad: [ph.saturating_sub(r0), g.pad[1]],
+        ..g.clone()
+    };
+    let (hq, wq) = bg.phase_dims();
     let (phases, acc) = scratch;
     let per = g.stride[0] * g.stride[1] * hq * wq;
     phases.clear();
     phases.resize(c * per, 0.0);
     for ci in 0..c {
-        let plane = &xs[(img * c + ci) * h * wd..(img * c + ci + 1) * h * wd];
-        fill_phases(plane, g, &mut phases[ci * per..(ci + 1) * per]);
+        let plane = &xs[((img * c + ci) * h + lo) * wd..((img * c + ci) * h + hi) * wd];
+        fill_phases(plane, &bg, &mut phases[ci * per..(ci + 1) * per]);
     }
-    let offs = g.tap_offsets(per, c);
-    let [_, _, oh, ow] = g.output;
-    let plane = oh * ow;
+    let offs = bg.tap_offsets(per, c);
+    let [_, _, oh, ow] = bg.output;
     let (taps, len) = (c * kh * kw, (oh - 1) * wq + ow);
     let init = |m: usize| bias.map_or(0.0, |b| b[m]);
     // Four output channels per pass over the phases, the rest one at a time.
-    for (group, o) in channels.step_by(4).zip(out.chunks_mut(4 * plane)) {
+    for (group, o) in (0..outs.len()).step_by(4).zip(outs.chunks_mut(4)) {
         let wts = &ws[group * taps..];
-        if o.len() == 4 * plane {
+        if o.len() == 4 {
             let init = std::array::from_fn(|k| init(group + k));
             if ow >= WIDE_ROW {
                 for oy in 0..oh {
-                    tap_sum4(&mut o[oy * ow..], ow, plane, init, &phases[oy * wq..], &offs, wts);
+                    tap_sum4(o, oy * ow, ow, init, &phases[oy * wq..], &offs, wts);
                 }
             } else {
                 acc.resize(4 * len, 0.0);
-                tap_sum4(acc, len, len, init, phases, &offs, wts);
-                for (k, p) in o.chunks_mut(plane).enumerate() {
+                let mut runs: Vec<&mut [f32]> = acc.chunks_mut(len).collect();
+                tap_sum4(&mut runs, 0, len, init, phases, &offs, wts);
+                for (p, run) in o.iter_mut().zip(&runs) {
                     for (oy, row) in p.chunks_mut(ow).enumerate() {
-                        row.copy_from_slice(&acc[k * len + oy * wq..k * len + oy * wq + ow]);
+                        row.copy_from_slice(&run[oy * wq..oy * wq + ow]);
                     }
                 }
             }
         } else {
-            for (k, p) in o.chunks_mut(plane).enumerate() {
+            for (k, p) in o.iter_mut().enumerate() {
                 plane_run(p, init(group + k), phases, &offs, &wts[k * taps..(k + 1) * taps], ow, wq, acc);
             }
         }
         if let Some(e) = epilogue {
-            e.apply(o);
+            o.iter_mut().for_each(|p| e.apply(p));
         }
     }
 }

@@ -975,6 +975,40 @@ fn tap_sum4(outs: &mut [&mut [f32]], at: usize, len: usize, init: [f32; 4], src:
     }
 }
 
+/// [`tap_sum4`] for sixteen channels, sixteen outputs per block (`outs[k][at..at + len]`, weights
+/// `wts[k·T + t]`): sixteen zmm sums that each source load feeds, so an RGB stem's 16 channels take
+/// one pass over the phases instead of four. Returns how many outputs it summed (whole blocks);
+/// the caller finishes the rest.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tap_sum16_avx512(outs: &mut [&mut [f32]], at: usize, len: usize, init: &[f32; 16], src: &[f32], offs: &[usize], wts: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let taps = offs.len();
+    let blocks = len / 16 * 16;
+    let reach = offs.iter().max().map_or(0, |&o| o + blocks);
+    if outs.len() != 16 || wts.len() < 16 * taps || reach > src.len() || outs.iter().any(|o| o.len() < at + blocks) {
+        return 0;
+    }
+    let mut x = 0;
+    while x < blocks {
+        let mut acc: [__m512; 16] = std::array::from_fn(|k| _mm512_set1_ps(init[k]));
+        for (t, &o) in offs.iter().enumerate() {
+            // SAFETY: `o + x + 16 ≤ reach ≤ src.len()`, `k·taps + t < wts.len()` (checked above).
+            let s = unsafe { _mm512_loadu_ps(src.as_ptr().add(o + x)) };
+            for (k, a) in acc.iter_mut().enumerate() {
+                let w = unsafe { *wts.get_unchecked(k * taps + t) };
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(w), s, *a);
+            }
+        }
+        for (out, a) in outs.iter_mut().zip(acc) {
+            // SAFETY: `at + x + 16 ≤ at + blocks ≤ out.len()` (checked above).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at + x), a) };
+        }
+        x += 16;
+    }
+    blocks
+}
+
 /// Copies one input plane into its `sh·sw` phases, `phases[qy·sw + qx][r][t] =
 /// padded[r·sh + qy][t·sw + qx]` (zeros where padded, the buffer zeroed by the caller), so that
 /// strided taps read contiguous floats and a whole output plane is one run (see
@@ -1074,8 +1108,30 @@ fn small_dense(
     let [_, _, oh, ow] = bg.output;
     let (taps, len) = (c * kh * kw, (oh - 1) * wq + ow);
     let init = |m: usize| bias.map_or(0.0, |b| b[m]);
-    // Four output channels per pass over the phases, the rest one at a time.
-    for (group, o) in (0..outs.len()).step_by(4).zip(outs.chunks_mut(4)) {
+    // Sixteen output channels per pass over wide rows where the CPU has AVX-512, then four per
+    // pass, the rest one at a time.
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if ow >= WIDE_ROW && simd_level() == 2 {
+        for (group, o) in (0..outs.len()).step_by(16).zip(outs.chunks_exact_mut(16)) {
+            let init: [f32; 16] = std::array::from_fn(|k| init(group + k));
+            let wts = &ws[group * taps..(group + 16) * taps];
+            for oy in 0..oh {
+                let src = &phases[oy * wq..];
+                // SAFETY: AVX-512 is present; the call checks its reads and writes are in bounds.
+                let x = unsafe { tap_sum16_avx512(o, oy * ow, ow, &init, src, &offs, wts) };
+                for (k, o4) in o.chunks_mut(4).enumerate() {
+                    let init4 = std::array::from_fn(|j| init[4 * k + j]);
+                    tap_sum4(o4, oy * ow + x, ow - x, init4, &src[x..], &offs, &wts[4 * k * taps..]);
+                }
+            }
+            if let Some(e) = epilogue {
+                o.iter_mut().for_each(|p| e.apply(p));
+            }
+            done = group + 16;
+        }
+    }
+    for (group, o) in (done..outs.len()).step_by(4).zip(outs[done..].chunks_mut(4)) {
         let wts = &ws[group * taps..];
         if o.len() == 4 {
             let init = std::array::from_fn(|k| init(group + k));

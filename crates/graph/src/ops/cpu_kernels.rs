@@ -978,7 +978,7 @@ fn tap_sum(out: &mut [f32], init: f32, src: &[f32], offs: &[usize], wts: &[f32])
 fn tap_sum4(outs: &mut [&mut [f32]], at: usize, len: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn block<const B: usize>(outs: &mut [&mut [f32]], x: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
+    fn block<const B: usize>(outs: &mut [&mut [f32]], at: usize, x: usize, init: [f32; 4], src: &[f32], offs: &[usize], wts: &[f32]) {
         let taps = offs.len();
         let (w0, w1, w2, w3) = (&wts[..taps], &wts[taps..2 * taps], &wts[2 * taps..3 * taps], &wts[3 * taps..4 * taps]);
         let (mut a0, mut a1, mut a2, mut a3) = ([init[0]; B], [init[1]; B], [init[2]; B], [init[3]; B]);
@@ -993,18 +993,16 @@ fn tap_sum4(outs: &mut [&mut [f32]], at: usize, len: usize, init: [f32; 4], src:
             }
         }
         for (out, a) in outs.iter_mut().zip([a0, a1, a2, a3]) {
-            out[x..x + B].copy_from_slice(&a);
+            out[at + x..at + x + B].copy_from_slice(&a);
         }
     }
-    let outs = &mut outs[..4];
-    let mut rest: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[at..at + len]).collect();
     let mut x = 0;
     while x + 8 <= len {
-        block::<8>(&mut rest, x, init, src, offs, wts);
+        block::<8>(outs, at, x, init, src, offs, wts);
         x += 8;
     }
     while x < len {
-        block::<1>(&mut rest, x, init, src, offs, wts);
+        block::<1>(outs, at, x, init, src, offs, wts);
         x += 1;
     }
 }
@@ -1154,7 +1152,7 @@ fn small_dense(
                 let src = &phases[oy * wq..];
                 // SAFETY: AVX-512 is present; the call checks its reads and writes are in bounds.
                 let x = unsafe { tap_sum16_avx512(o, oy * ow, ow, &init, src, &offs, wts) };
-                for (k, o4) in o.chunks_mut(4).enumerate() {
+                for (k, o4) in o.chunks_mut(4).enumerate().filter(|_| x < ow) {
                     let init4 = std::array::from_fn(|j| init[4 * k + j]);
                     tap_sum4(o4, oy * ow + x, ow - x, init4, &src[x..], &offs, &wts[4 * k * taps..]);
                 }

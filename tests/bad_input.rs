@@ -57,6 +57,30 @@ fn truncated_model_is_a_decode_error() {
 }
 
 #[test]
+fn truncated_file_is_a_decode_error_at_every_cut() {
+    // Loading streams the file field by field: a cut anywhere (inside a tag, a length, a weight,
+    // a node) must end in a typed error naming the file.
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 4])
+        .init_f32_raw("w", &[4, 4], &[0.5; 16])
+        .node("MatMul", &["x", "w"], &["y"], &[])
+        .output("y", FLOAT, &[1, 4])
+        .bytes();
+    let path = std::env::temp_dir().join(format!("kiln-truncated-{}.onnx", std::process::id()));
+    for cut in 1..b.len() {
+        std::fs::write(&path, &b[..cut]).unwrap();
+        match Graph::load(&path) {
+            Ok(_) => panic!("a model cut at byte {cut} of {} loaded", b.len()),
+            Err(e) => {
+                assert!(matches!(e.kind, ErrorKind::Decode | ErrorKind::InvalidGraph), "cut {cut}: {e}");
+                assert!(e.to_string().contains("kiln-truncated"), "cut {cut}: {e}");
+            }
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn missing_file_is_an_io_error() {
     let e = kind_of(Graph::load("/nonexistent/model.onnx"));
     assert_eq!(e.kind, ErrorKind::Io);

@@ -540,3 +540,31 @@ fn bilinear_resize_matches_its_definition_and_to_its_own_size_is_free() {
         }
     }
 }
+
+#[test]
+fn raw_weights_load_exactly_at_every_byte_offset() {
+    // Names of 1 to 4 bytes put each weight's raw data at a different offset modulo 4 in the
+    // file; loading gives each weight an aligned buffer of its own (or copies it), from a file
+    // and from memory alike.
+    let mut b = OnnxBuilder::new(17).input("x", FLOAT, &[1, 3]);
+    let mut prev = "x".to_string();
+    for (i, name) in ["a", "bb", "ccc", "dddd"].iter().enumerate() {
+        let v = [i as f32 + 0.25, -(i as f32) * 10.0, 1e-3 * i as f32];
+        let out = format!("s{i}");
+        b = b.init_f32_raw(name, &[1, 3], &v).node("Add", &[&prev, name], &[&out], &[]);
+        prev = out;
+    }
+    let b = b.output(&prev, FLOAT, &[1, 3]);
+    let want: Vec<f32> = (0..3)
+        .map(|j| (0..4).map(|i| [i as f32 + 0.25, -(i as f32) * 10.0, 1e-3 * i as f32][j]).fold(1.0, |a, v| a + v))
+        .collect();
+    let path = std::env::temp_dir().join(format!("kiln-offsets-{}.onnx", std::process::id()));
+    std::fs::write(&path, b.bytes()).unwrap();
+    let from_file = Graph::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    for g in [from_file, Graph::from_bytes(b.bytes(), "offsets.onnx").unwrap()] {
+        let plan = g.compile(Backend::Flex, Mode::Fused, &[vec![1, 3]]).unwrap();
+        let out = plan.run(&[TensorData::new(vec![1.0f32; 3], vec![1, 3])]).unwrap();
+        assert_eq!(floats(&out[0]), want);
+    }
+}

@@ -20,6 +20,7 @@ mod ops;
 mod passes;
 mod plan;
 mod tensor;
+mod wire;
 
 pub mod npy;
 

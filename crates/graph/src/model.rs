@@ -1,7 +1,7 @@
-//! ONNX decoding: onnx-ir's `ModelProto` (protobuf only, zero-copy over the file bytes) turned into
-//! Kiln's own small IR. onnx-ir's typed node pipeline is not used here: on docTR's large graphs it
-//! takes tens of seconds and gigabytes (master) or fails (parseq, viptr_tiny), while the decode alone
-//! is cheap.
+//! ONNX decoding: onnx-ir's protobuf messages, read one node and one weight at a time (see
+//! [`crate::wire`]), turned into Kiln's own small IR. onnx-ir's typed node pipeline is not used
+//! here: on docTR's large graphs it takes tens of seconds and gigabytes (master) or fails (parseq,
+//! viptr_tiny), while the protobuf decode alone is cheap.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use burn_backend::{DType, TensorData};
 use onnx_ir::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 use crate::error::{Error, ErrorKind, Result, bail, err};
+use crate::wire::{Wire, decode_error};
 
 /// ONNX element types Kiln accepts in graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,25 +133,38 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     pub fn from_path(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| err!(Io, "cannot read model: {e}").in_model(path))?;
-        Self::from_bytes(bytes, path.to_path_buf())
+        let file = std::fs::File::open(path).map_err(|e| err!(Io, "cannot read model: {e}").in_model(path))?;
+        let len = file.metadata().map_err(|e| err!(Io, "cannot read model: {e}").in_model(path))?.len();
+        Self::decode(std::io::BufReader::with_capacity(1 << 16, file), len, path).map_err(|e| e.in_model(path))
     }
 
     pub fn from_bytes(bytes: Vec<u8>, source: PathBuf) -> Result<Self> {
-        Self::decode(bytes.into(), &source).map_err(|e| e.in_model(&source))
+        let len = bytes.len() as u64;
+        Self::decode(std::io::Cursor::new(bytes), len, &source).map_err(|e| e.in_model(&source))
     }
 
-    fn decode(bytes: bytes::Bytes, source: &Path) -> Result<Self> {
-        if bytes.is_empty() {
+    /// Decodes a model from a stream of `len` bytes. The main graph is converted node by node as
+    /// it is read (see [`crate::wire`]); the model's other fields are decoded as one message.
+    fn decode(r: impl std::io::Read, len: u64, source: &Path) -> Result<Self> {
+        if len == 0 {
             bail!(Decode, "file is empty");
         }
-        let proto = ModelProto::parse_from_tokio_bytes(&bytes)
-            .map_err(|e| err!(Decode, "not a valid ONNX protobuf: {e}"))?;
-        let Some(graph) = proto.graph.as_ref() else {
+        let mut w = Wire::new(r);
+        let mut rest = Vec::new();
+        let mut graph = None;
+        while let Some((field, wire)) = w.field(len)? {
+            if field == MODEL_GRAPH && wire == 2 && graph.is_none() {
+                let end = w.len(len)? + w.pos();
+                graph = Some(read_graph(&mut w, end)?);
+            } else {
+                w.copy_field(field, wire, &mut rest, len)?;
+            }
+        }
+        let proto = ModelProto::parse_from_bytes(&rest).map_err(|e| decode_error("model", e))?;
+        let Some(graph) = graph else {
             bail!(Decode, "no graph in the model (is this an ONNX file?)");
         };
-        if graph.node.is_empty() && graph.output.is_empty() {
+        if graph.nodes.is_empty() && graph.outputs.is_empty() {
             bail!(Decode, "the graph has no nodes and no outputs (is this an ONNX file?)");
         }
         let opset = proto
@@ -162,34 +176,69 @@ impl OnnxModel {
         if opset == 0 {
             bail!(InvalidGraph, "no default-domain opset import");
         }
-        let graph = convert_graph(graph)?;
-        tracing::debug!(source = %source.display(), nodes = graph.nodes.len(), opset, "decoded ONNX");
-        let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
-        Ok(Self { source: source.to_path_buf(), opset, graph, producer: proto.producer_name.clone(), metadata })
+        tracing::debug!(nodes = graph.nodes.len(), opset, "decoded ONNX");
+        let metadata = proto.metadata_props.into_iter().map(|p| (p.key, p.value)).collect();
+        Ok(Self { source: source.to_path_buf(), opset, graph, producer: proto.producer_name, metadata })
     }
 }
 
-fn convert_graph(g: &GraphProto) -> Result<Subgraph> {
-    let initializers = g
-        .initializer
-        .iter()
-        .map(|t| Ok((t.name.clone(), Arc::new(tensor_from_proto(t)?))))
-        .collect::<Result<Vec<_>>>()?;
-    let init_names: std::collections::HashSet<&str> =
-        initializers.iter().map(|(n, _)| n.as_str()).collect();
-    let inputs = g
-        .input
+/// `ModelProto.graph`, and `GraphProto`'s `node` and `initializer` field numbers.
+const MODEL_GRAPH: u32 = 7;
+const GRAPH_NODE: u32 = 1;
+const GRAPH_INITIALIZER: u32 = 5;
+/// `TensorProto.raw_data`.
+const TENSOR_RAW_DATA: u32 = 9;
+
+/// Reads the main graph up to byte `end`, converting each node and initializer as it arrives;
+/// the graph's remaining fields (inputs, outputs, value infos) are decoded together at the end.
+fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<Subgraph> {
+    let (mut nodes, mut initializers, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some((field, wire)) = w.field(end)? {
+        match (field, wire) {
+            (GRAPH_NODE, 2) => {
+                let node = NodeProto::parse_from_tokio_bytes(&w.message(end, None)?)
+                    .map_err(|e| decode_error("node", e))?;
+                nodes.push(convert_node(nodes.len(), node)?);
+            }
+            (GRAPH_INITIALIZER, 2) => {
+                let t = TensorProto::parse_from_tokio_bytes(&w.message(end, Some(TENSOR_RAW_DATA))?)
+                    .map_err(|e| decode_error("initializer", e))?;
+                let value = tensor_from_proto(&t)?;
+                initializers.push((t.name, Arc::new(value)));
+            }
+            _ => w.copy_field(field, wire, &mut rest, end)?,
+        }
+    }
+    let g = GraphProto::parse_from_bytes(&rest).map_err(|e| decode_error("graph", e))?;
+    finish_graph(nodes, initializers, &g.input, &g.output)
+}
+
+/// Converts a subgraph (an `If` branch), consuming it.
+fn convert_graph(g: GraphProto) -> Result<Subgraph> {
+    let GraphProto { node, initializer, input, output, .. } = g;
+    let mut initializers = Vec::with_capacity(initializer.len());
+    for t in initializer {
+        let value = tensor_from_proto(&t)?;
+        initializers.push((t.name, Arc::new(value)));
+    }
+    let nodes = node.into_iter().enumerate().map(|(i, n)| convert_node(i, n)).collect::<Result<Vec<_>>>()?;
+    finish_graph(nodes, initializers, &input, &output)
+}
+
+/// A graph's signature: inputs that are initializers too (old exporters list them) are not inputs.
+fn finish_graph(
+    nodes: Vec<Node>,
+    initializers: Vec<(String, Arc<TensorData>)>,
+    input: &[ValueInfoProto],
+    output: &[ValueInfoProto],
+) -> Result<Subgraph> {
+    let init_names: std::collections::HashSet<&str> = initializers.iter().map(|(n, _)| n.as_str()).collect();
+    let inputs = input
         .iter()
         .filter(|v| !init_names.contains(v.name.as_str()))
         .map(value_info)
         .collect::<Result<Vec<_>>>()?;
-    let outputs = g.output.iter().map(value_info).collect::<Result<Vec<_>>>()?;
-    let nodes = g
-        .node
-        .iter()
-        .enumerate()
-        .map(|(i, n)| convert_node(i, n))
-        .collect::<Result<Vec<_>>>()?;
+    let outputs = output.iter().map(value_info).collect::<Result<Vec<_>>>()?;
     Ok(Subgraph { nodes, initializers, inputs, outputs })
 }
 
@@ -218,20 +267,22 @@ fn value_info(v: &ValueInfoProto) -> Result<ValueInfo> {
     Ok(ValueInfo { name: v.name.clone(), elem, dims })
 }
 
-fn convert_node(index: usize, n: &NodeProto) -> Result<Node> {
-    let name = if n.name.is_empty() { format!("#{index}") } else { n.name.clone() };
-    let wrap = |e: Error| e.at_node(&name, &n.op_type);
-    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
-        return Err(wrap(err!(UnsupportedOp, "custom domain '{}' is not supported", n.domain)));
+fn convert_node(index: usize, n: NodeProto) -> Result<Node> {
+    let NodeProto { input, output, name, op_type, domain, attribute, .. } = n;
+    let name = if name.is_empty() { format!("#{index}") } else { name };
+    let wrap = |e: Error| e.at_node(&name, &op_type);
+    if !(domain.is_empty() || domain == "ai.onnx") {
+        return Err(wrap(err!(UnsupportedOp, "custom domain '{domain}' is not supported")));
     }
-    let mut attrs = HashMap::with_capacity(n.attribute.len());
-    for a in &n.attribute {
-        attrs.insert(a.name.clone(), convert_attr(a).map_err(wrap)?);
+    let mut attrs = HashMap::with_capacity(attribute.len());
+    for mut a in attribute {
+        let value = convert_attr(&mut a).map_err(wrap)?;
+        attrs.insert(a.name, value);
     }
-    Ok(Node { name, op: n.op_type.clone(), inputs: n.input.clone(), outputs: n.output.clone(), attrs })
+    Ok(Node { name, op: op_type, inputs: input, outputs: output, attrs })
 }
 
-fn convert_attr(a: &AttributeProto) -> Result<Attr> {
+fn convert_attr(a: &mut AttributeProto) -> Result<Attr> {
     use onnx_ir::AttributeType as T;
     let ty = a
         .type_
@@ -243,9 +294,9 @@ fn convert_attr(a: &AttributeProto) -> Result<Attr> {
         T::INT => Attr::Int(a.i),
         T::STRING => Attr::Str(string(&a.s)),
         T::TENSOR => Attr::Tensor(Arc::new(tensor_from_proto(&a.t)?)),
-        T::GRAPH => Attr::Graph(Arc::new(convert_graph(&a.g)?)),
-        T::FLOATS => Attr::Floats(a.floats.clone()),
-        T::INTS => Attr::Ints(a.ints.clone()),
+        T::GRAPH => Attr::Graph(Arc::new(convert_graph(a.g.take().unwrap_or_default())?)),
+        T::FLOATS => Attr::Floats(std::mem::take(&mut a.floats)),
+        T::INTS => Attr::Ints(std::mem::take(&mut a.ints)),
         T::STRINGS => Attr::Strings(a.strings.iter().map(|s| string(s)).collect()),
         other => bail!(UnsupportedAttribute, "attribute '{}' has unsupported type {other:?}", a.name),
     })

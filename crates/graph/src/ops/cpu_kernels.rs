@@ -265,7 +265,8 @@ pub fn resize_bilinear(ctx: &Ctx, x: &T, shape: &[usize], size: [usize; 2], alig
             .collect()
     };
     let (ty, tx) = (taps(h, oh), taps(w, ow));
-    let mut out = vec![0f32; n * c * oh * ow];
+    // SAFETY: `resize_plane` writes every row of every output plane.
+    let mut out = unsafe { output_buffer(n * c * oh * ow) };
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |mid, (p, o)| {
         resize_plane(&xs[p * h * w..(p + 1) * h * w], w, o, &ty, &tx, mid)
     });
@@ -413,6 +414,21 @@ thread_local! {
 }
 
 /// A contiguous copy of a flex float tensor held as a strided view; `None` on other backends.
+/// A buffer of `n` floats for a kernel that writes every one before anything reads it.
+/// `vec![0.0; n]` would zero it first, and glibc zeroes reused heap memory by hand: one more pass
+/// over each output, which on DB's 64 MB feature maps at 1024×1024 cost its 1×1 `in_branches.0`
+/// 12.6 → 10.6 ms and its ×8 Resize 10.5 → 7.1 ms. Burn's flex allocates its outputs the same way.
+///
+/// # Safety
+/// The caller writes every element before any is read.
+#[allow(clippy::uninit_vec)]
+unsafe fn output_buffer(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: capacity `n`; the caller initialises the elements (see above).
+    unsafe { v.set_len(n) };
+    v
+}
+
 fn contiguous_flex(t: &T) -> Option<T> {
     match &t.kind {
         DispatchTensorKind::Flex(BackendTensor::Float(f)) => {
@@ -478,7 +494,12 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     if xs.len() != g.input.iter().product::<usize>() || ws.len() != m * (c / g.groups) * g.kernel[0] * g.kernel[1] {
         return None;
     }
-    let mut out = vec![0f32; n * m * oh * ow];
+    if c / g.groups.max(1) == 0 {
+        return None;
+    }
+    // SAFETY: every route below writes each output once before reading it: the bias (or a gemm
+    // that does not read its destination, `k > 0`) seeds it, or a register sum stores it.
+    let mut out = unsafe { output_buffer(n * m * oh * ow) };
     if c / g.groups == 1 && g.kernel != [1, 1] {
         // Depthwise: im2col would copy every input k² times for one multiply-add each.
         if m != g.groups {
@@ -534,7 +555,8 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
     if xs.len() != n * c * h * wd || ws.len() != c * mk || h * wd == 0 {
         return None;
     }
-    let mut out = vec![0f32; n * m * oh * ow];
+    // SAFETY: each image's planes are filled with the bias before col2im adds into them.
+    let mut out = unsafe { output_buffer(n * m * oh * ow) };
     let rows = (TILE_FLOATS / (mk * wd).max(1)).clamp(1, h);
     let mut cols = vec![0f32; mk * rows * wd];
     let threads = rayon::current_num_threads();
@@ -1393,7 +1415,8 @@ pub fn strided_copy(t: &T) -> Option<Vec<f32>> {
     }
     let outer: Vec<usize> = (0..c).filter(|&i| i != a).collect();
     let outer_count: usize = outer.iter().map(|&i| shape[i]).product();
-    let mut out = vec![0f32; numel];
+    // SAFETY: the tiles below cover every output position.
+    let mut out = unsafe { output_buffer(numel) };
     let op = SendPtr(out.as_mut_ptr());
     const TILE: usize = 16;
     (0..outer_count).into_par_iter().for_each(|mut flat| {

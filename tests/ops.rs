@@ -438,12 +438,16 @@ fn conv_transpose_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4]
 fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
     // (input, weight [C, M/g, kh, kw], stride, dilation, pads t/l/b/r, output padding, groups):
     // DB's 2×2 stride-2 head, LinkNet's 3×3 stride-2 decoder, a dilated one with asymmetric pads,
-    // a grouped one (Burn's kernel).
+    // a grouped one (Burn's kernel), more below.
     let cases: &[([usize; 4], [usize; 4], usize, usize, [usize; 4], usize, usize)] = &[
         ([2, 3, 5, 6], [3, 4, 2, 2], 2, 1, [0, 0, 0, 0], 0, 1),
         ([1, 4, 5, 5], [4, 3, 3, 3], 2, 1, [1, 1, 1, 1], 1, 1),
         ([1, 2, 4, 3], [2, 3, 3, 2], 1, 2, [1, 0, 0, 1], 0, 1),
         ([1, 4, 3, 3], [4, 2, 2, 2], 2, 1, [0, 0, 0, 0], 0, 2),
+        // Kernel = stride tiles the output (written once, 3 taps per row), and with an output
+        // padding it does not (bias fill and adds).
+        ([2, 2, 4, 5], [2, 3, 3, 3], 3, 1, [0, 0, 0, 0], 0, 1),
+        ([1, 3, 4, 4], [3, 2, 2, 2], 2, 1, [0, 0, 0, 0], 1, 1),
     ];
     let mut rand = uniform(7);
     for &(xs, ws, stride, dil, pads, out_pad, groups) in cases {

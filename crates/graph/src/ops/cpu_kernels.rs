@@ -561,13 +561,19 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
     if xs.len() != n * c * h * wd || ws.len() != c * mk || h * wd == 0 {
         return None;
     }
-    // SAFETY: each image's planes are filled with the bias before col2im adds into them.
+    // Kernel = stride, no padding, output = input × stride: every output is one tap's value, written
+    // once with its bias (DB's 2×2 stride-2 heads), instead of a bias fill and strided adds.
+    let tiles_output = g.kernel == g.stride && g.pad == [0, 0] && g.dilation == [1, 1] && oh == h * kh && ow == wd * kw;
+    // SAFETY: each image's planes are filled with the bias before col2im adds into them, or every
+    // output is written by `col2im_tiles`.
     let mut out = unsafe { output_buffer(n * m * oh * ow) };
     let rows = (TILE_FLOATS / (mk * wd).max(1)).clamp(1, h);
     let mut cols = vec![0f32; mk * rows * wd];
     let threads = rayon::current_num_threads();
     for (img, planes) in out.chunks_mut(m * oh * ow).enumerate() {
-        planes.par_chunks_mut(oh * ow).enumerate().for_each(|(ch, p)| p.fill(bs.map_or(0.0, |b| b[ch])));
+        if !tiles_output {
+            planes.par_chunks_mut(oh * ow).enumerate().for_each(|(ch, p)| p.fill(bs.map_or(0.0, |b| b[ch])));
+        }
         let x = &xs[img * c * h * wd..(img + 1) * c * h * wd];
         for iy0 in (0..h).step_by(rows) {
             let iy1 = (iy0 + rows).min(h);
@@ -583,7 +589,12 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
             }
             let cols = &cols[..mk * cols_n];
             planes.par_chunks_mut(oh * ow).enumerate().for_each(|(ch, plane)| {
-                col2im_add(plane, &cols[ch * kh * kw * cols_n..(ch + 1) * kh * kw * cols_n], g, iy0, iy1);
+                let taps = &cols[ch * kh * kw * cols_n..(ch + 1) * kh * kw * cols_n];
+                if tiles_output {
+                    col2im_tiles(plane, taps, bs.map_or(0.0, |b| b[ch]), g, iy0, iy1);
+                } else {
+                    col2im_add(plane, taps, g, iy0, iy1);
+                }
             });
         }
         if let Some(e) = epilogue {
@@ -591,6 +602,32 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
         }
     }
     Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
+}
+
+/// Writes one output channel's `[kh·kw, rows·W]` gemm rows, plus `bias`, to its output plane when
+/// the taps tile it (kernel = stride, no padding): input `(iy, ix)` through tap `(ki, kj)` is
+/// output `(iy·kh + ki, ix·kw + kj)`, so each output row interleaves the `kw` taps of one `ki`.
+fn col2im_tiles(plane: &mut [f32], cols: &[f32], bias: f32, g: &ConvGeometry, iy0: usize, iy1: usize) {
+    let [_, _, _, wd] = g.input;
+    let [kh, kw] = g.kernel;
+    let ow = wd * kw;
+    let cols_n = (iy1 - iy0) * wd;
+    for iy in iy0..iy1 {
+        for ki in 0..kh {
+            let row = &mut plane[(iy * kh + ki) * ow..][..ow];
+            let tap = |kj: usize| &cols[(ki * kw + kj) * cols_n + (iy - iy0) * wd..][..wd];
+            if kw == 2 {
+                for (o, (&a, &b)) in row.chunks_exact_mut(2).zip(tap(0).iter().zip(tap(1))) {
+                    o[0] = a + bias;
+                    o[1] = b + bias;
+                }
+            } else {
+                for kj in 0..kw {
+                    row[kj..].iter_mut().step_by(kw).zip(tap(kj)).for_each(|(o, &v)| *o = v + bias);
+                }
+            }
+        }
+    }
 }
 
 /// Adds one output channel's `[kh·kw, rows·W]` gemm rows into its output plane: input `(iy, ix)`

@@ -338,6 +338,8 @@ fn conv_matches_its_definition() {
         ([2, 3, 40, 70], [20, 3, 3, 3], 2, 1, [1, 1, 1, 1], 1),
         // ResNet's 7×7 stride-2 stem (147 taps), 18 channels: one 16-channel block and a tail.
         ([1, 3, 45, 70], [18, 3, 7, 7], 2, 1, [3, 3, 3, 3], 1),
+        // A shallow 1×1 conv over a large plane (summed in registers, not a gemm).
+        ([1, 20, 64, 70], [18, 20, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         // Small planes, several images per gemm: CRNN-like 1×1 and 3×3 convs over a few rows.
         ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),

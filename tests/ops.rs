@@ -344,6 +344,10 @@ fn conv_matches_its_definition() {
         ([7, 16, 1, 32], [24, 16, 1, 1], 1, 1, [0, 0, 0, 0], 1),
         ([5, 8, 3, 10], [12, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),
         ([3, 12, 6, 9], [10, 12, 3, 3], 2, 1, [1, 1, 1, 1], 1),
+        // Low planes whose edge rows read padding through some kernel rows (one gemm per output
+        // row over its live kernel rows): CRNN VGG's 2-row maps, a dilated 5-row one.
+        ([3, 8, 2, 16], [6, 8, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([2, 5, 5, 12], [7, 5, 3, 3], 1, 2, [2, 1, 1, 2], 1),
         // Register-blocked direct convs (AVX-512): channels past a block of 8, rows past a block
         // of 32 positions, asymmetric pads.
         ([2, 64, 17, 40], [11, 64, 3, 3], 1, 1, [1, 1, 1, 1], 1),

@@ -791,12 +791,7 @@ fn batched(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
     let [kh, kw] = g.kernel;
     let (k, plane) = (c * kh * kw, oh * ow);
     let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && g.pad == [0, 0];
-    let threads = rayon::current_num_threads();
-    // At least SMALL_PLANE columns per gemm, within the tile budget, and a task for every thread.
-    let fit = (TILE_FLOATS / ((k + m) * plane).max(1)).max(1);
-    let images = SMALL_PLANE.div_ceil(plane).max(fit).min(n.div_ceil(threads)).max(1);
-    let tasks = n.div_ceil(images);
-    let inner = if tasks >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    let (images, inner) = image_groups(n, k, m, plane);
     let run = |(task, o): (usize, &mut [f32])| {
         let (img0, count) = (task * images, o.len() / (m * plane));
         let cols_n = count * plane;
@@ -836,10 +831,28 @@ fn batched(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
             })
         })
     };
-    if tasks > 1 && matches!(inner, gemm::Parallelism::None) {
-        out.par_chunks_mut(images * m * plane).enumerate().for_each(run);
+    for_each_group(out, images * m * plane, inner, run);
+}
+
+/// How [`batched`] and [`batched_rows`] split a batch into groups of images whose columns (`cols`
+/// per image) go side by side into one gemm `K` deep with `M` rows: at least `SMALL_PLANE` columns
+/// per gemm, within the tile budget, and a group for every thread. Returns the images per group and
+/// the gemm's own parallelism (none when the groups already give every thread work).
+fn image_groups(n: usize, k: usize, m: usize, cols: usize) -> (usize, gemm::Parallelism) {
+    let threads = rayon::current_num_threads();
+    let fit = (TILE_FLOATS / ((k + m) * cols).max(1)).max(1);
+    let images = SMALL_PLANE.div_ceil(cols).max(fit).min(n.div_ceil(threads)).max(1);
+    let inner = if n.div_ceil(images) >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    (images, inner)
+}
+
+/// Runs `run` on each `chunk` of `out` with its index: groups in parallel when each gemm runs on
+/// one thread, else one after the other.
+fn for_each_group(out: &mut [f32], chunk: usize, inner: gemm::Parallelism, run: impl Fn((usize, &mut [f32])) + Sync) {
+    if out.len() > chunk && matches!(inner, gemm::Parallelism::None) {
+        out.par_chunks_mut(chunk).enumerate().for_each(&run);
     } else {
-        out.chunks_mut(images * m * plane).enumerate().for_each(run);
+        out.chunks_mut(chunk).enumerate().for_each(run);
     }
 }
 
@@ -893,11 +906,7 @@ fn batched_rows(
             }
         }
     }
-    let threads = rayon::current_num_threads();
-    let fit = (TILE_FLOATS / ((k + m) * ow).max(1)).max(1);
-    let images = SMALL_PLANE.div_ceil(ow).max(fit).min(n.div_ceil(threads)).max(1);
-    let tasks = n.div_ceil(images);
-    let inner = if tasks >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    let (images, inner) = image_groups(n, k, m, ow);
     let run = |(task, o): (usize, &mut [f32])| {
         let (img0, count) = (task * images, o.len() / (m * plane));
         let cols_n = count * ow;
@@ -945,11 +954,7 @@ fn batched_rows(
             })
         })
     };
-    if tasks > 1 && matches!(inner, gemm::Parallelism::None) {
-        out.par_chunks_mut(images * m * plane).enumerate().for_each(run);
-    } else {
-        out.chunks_mut(images * m * plane).enumerate().for_each(run);
-    }
+    for_each_group(out, images * m * plane, inner, run);
 }
 
 /// Stride-1 convolutions over many channels on CPUs without AVX-512 (with it, `direct_conv` runs

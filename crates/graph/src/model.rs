@@ -176,7 +176,7 @@ impl OnnxModel {
         if opset == 0 {
             bail!(InvalidGraph, "no default-domain opset import");
         }
-        tracing::debug!(nodes = graph.nodes.len(), opset, "decoded ONNX");
+        tracing::debug!(source = %source.display(), nodes = graph.nodes.len(), opset, "decoded ONNX");
         let metadata = proto.metadata_props.into_iter().map(|p| (p.key, p.value)).collect();
         Ok(Self { source: source.to_path_buf(), opset, graph, producer: proto.producer_name, metadata })
     }

@@ -321,6 +321,9 @@ pub fn max_pool2d(ctx: &Ctx, x: &T, g: &ConvGeometry) -> Option<T> {
         return None;
     }
     let offs = g.tap_offsets(0, 1);
+    if offs.is_empty() {
+        return None;
+    }
     // SAFETY: `max_pool_plane` writes every row of every output plane.
     let mut out = unsafe { output_buffer(n * c * oh * ow) };
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |phases, (p, o)| {
@@ -505,7 +508,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     if xs.len() != g.input.iter().product::<usize>() || ws.len() != m * (c / g.groups) * g.kernel[0] * g.kernel[1] {
         return None;
     }
-    if c / g.groups.max(1) == 0 {
+    if c / g.groups.max(1) == 0 || g.kernel.contains(&0) {
         return None;
     }
     // SAFETY: every route below writes each output once before reading it: the bias (or a gemm
@@ -536,10 +539,11 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
         });
     } else if g.groups == 1 && n > 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && (PER_IMAGE_PLANE..SMALL_PLANE).contains(&(oh * ow)) {
         pointwise_per_image(xs, ws, bs, epilogue, &mut out, g);
-    } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE && !row_taps(g).is_empty() {
-        batched_rows(xs, ws, bs, epilogue, &mut out, g, &row_taps(g));
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
-        batched(xs, ws, bs, epilogue, &mut out, g);
+        match row_taps(g) {
+            taps if taps.is_empty() => batched(xs, ws, bs, epilogue, &mut out, g),
+            taps => batched_rows(xs, ws, bs, epilogue, &mut out, g, &taps),
+        }
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
         // The register-blocked direct convolution where the CPU has AVX-512 (1×1 convs measured
         // slower that way than as one gemm), else one gemm per tap.

@@ -237,7 +237,7 @@ impl Plan {
             }
             if elem.is_float() {
                 let finite = match data.as_slice::<f32>() {
-                    Ok(v) => v.iter().all(|x| x.is_finite()),
+                    Ok(v) => crate::tensor::all_finite(v),
                     Err(_) => data.iter::<f64>().all(|x| x.is_finite()),
                 };
                 if !finite {

@@ -63,11 +63,34 @@ impl Ctx {
             return self.upload(&reshape_data(data.clone(), vec![1]));
         }
         match kind_of(data.dtype()) {
-            Kind::Float => B::float_from_data(data.clone().convert_dtype(DType::F32), d),
+            Kind::Float => match data.as_slice::<f32>() {
+                Ok(v) => B::float_from_data(TensorData::new(par_copy(v), data.shape().to_vec()), d),
+                Err(_) => B::float_from_data(data.clone().convert_dtype(DType::F32), d),
+            },
             Kind::Int => B::int_from_data(data.clone().convert_dtype(self.int.into()), d),
             Kind::Bool => B::bool_from_data(data.clone().convert_dtype(DType::Bool(self.bool)), d),
         }
     }
+}
+
+/// Floats per task of [`par_copy`] and [`all_finite`].
+const HOST_CHUNK: usize = 1 << 16;
+
+/// A copy of `v` made by every thread: an input batch of 64 crops is 50 MB, which one thread
+/// copies in 5 ms and two in half that.
+fn par_copy(v: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    // SAFETY: the chunks below write every element.
+    let mut out = unsafe { crate::ops::output_buffer(v.len()) };
+    out.par_chunks_mut(HOST_CHUNK).zip(v.par_chunks(HOST_CHUNK)).for_each(|(o, i)| o.copy_from_slice(i));
+    out
+}
+
+/// Whether every float is finite, in chunks whose test vectorises (`Iterator::all` stops at the
+/// first failure, which keeps it scalar: 7 ms over a batch of 64 crops, 1 ms this way).
+pub fn all_finite(v: &[f32]) -> bool {
+    use rayon::prelude::*;
+    v.par_chunks(HOST_CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
 
 /// The same values under another shape of equal size.

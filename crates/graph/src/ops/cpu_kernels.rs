@@ -400,6 +400,16 @@ impl ConvGeometry {
 /// each tap's gemm is too shallow to beat im2col's one deep gemm).
 const TAP_GEMM_CHANNELS: usize = 64;
 
+/// 1×1 convolutions over at most this many input channels run as `direct_conv::pointwise` where
+/// the CPU has AVX-512: a gemm this shallow runs at half speed (MobileNet's expansions: 48 → 288
+/// channels at 32×32, 0.32 → 0.17 ms; 40 → 240, 0.28 → 0.13). Deeper ones keep the gemm, which at
+/// batch 64 runs the projections (240 → 40 at 16×16) near the FMA units' peak...
+const POINTWISE_CHANNELS: usize = 64;
+
+/// ... except for one image, where a gemm has few tiles to share (240 → 40 at 32×32: 0.22 →
+/// 0.13 ms); past this depth the gemm wins again (576 → 96 at 16×16: 0.15 ms, 0.21 this way).
+const POINTWISE_CHANNELS_ONE_IMAGE: usize = 256;
+
 /// Dense convolutions with output planes smaller than this run as [`batched`].
 const SMALL_PLANE: usize = 256;
 
@@ -435,7 +445,7 @@ thread_local! {
 /// # Safety
 /// The caller writes every element before any is read.
 #[allow(clippy::uninit_vec)]
-unsafe fn output_buffer(n: usize) -> Vec<f32> {
+pub(crate) unsafe fn output_buffer(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: capacity `n`; the caller initialises the elements (see above).
     unsafe { v.set_len(n) };
@@ -514,7 +524,11 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     // SAFETY: every route below writes each output once before reading it: the bias (or a gemm
     // that does not read its destination, `k > 0`) seeds it, or a register sum stores it.
     let mut out = unsafe { output_buffer(n * m * oh * ow) };
-    if c / g.groups == 1 && g.kernel != [1, 1] {
+    let pointwise = g.groups == 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
+    let shallow = c <= POINTWISE_CHANNELS || (n == 1 && c <= POINTWISE_CHANNELS_ONE_IMAGE);
+    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::direct_conv::pointwise(xs, ws, bs, epilogue, &mut out, g) {
+        // Done: register-blocked on AVX-512.
+    } else if c / g.groups == 1 && g.kernel != [1, 1] {
         // Depthwise: im2col would copy every input k² times for one multiply-add each.
         if m != g.groups {
             return None;
@@ -1197,40 +1211,6 @@ fn tap_sum4(outs: &mut [&mut [f32]], at: usize, len: usize, init: [f32; 4], src:
     }
 }
 
-/// [`tap_sum4`] for sixteen channels, sixteen outputs per block (`outs[k][at..at + len]`, weights
-/// `wts[k·T + t]`): sixteen zmm sums that each source load feeds, so an RGB stem's 16 channels take
-/// one pass over the phases instead of four. Returns how many outputs it summed (whole blocks);
-/// the caller finishes the rest.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tap_sum16_avx512(outs: &mut [&mut [f32]], at: usize, len: usize, init: &[f32; 16], src: &[f32], offs: &[usize], wts: &[f32]) -> usize {
-    use std::arch::x86_64::*;
-    let taps = offs.len();
-    let blocks = len / 16 * 16;
-    let reach = offs.iter().max().map_or(0, |&o| o + blocks);
-    if outs.len() != 16 || wts.len() < 16 * taps || reach > src.len() || outs.iter().any(|o| o.len() < at + blocks) {
-        return 0;
-    }
-    let mut x = 0;
-    while x < blocks {
-        let mut acc: [__m512; 16] = std::array::from_fn(|k| _mm512_set1_ps(init[k]));
-        for (t, &o) in offs.iter().enumerate() {
-            // SAFETY: `o + x + 16 ≤ reach ≤ src.len()`, `k·taps + t < wts.len()` (checked above).
-            let s = unsafe { _mm512_loadu_ps(src.as_ptr().add(o + x)) };
-            for (k, a) in acc.iter_mut().enumerate() {
-                let w = unsafe { *wts.get_unchecked(k * taps + t) };
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(w), s, *a);
-            }
-        }
-        for (out, a) in outs.iter_mut().zip(acc) {
-            // SAFETY: `at + x + 16 ≤ at + blocks ≤ out.len()` (checked above).
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at + x), a) };
-        }
-        x += 16;
-    }
-    blocks
-}
-
 /// Copies one input plane into its `sh·sw` phases, `phases[qy·sw + qx][r][t] =
 /// padded[r·sh + qy][t·sw + qx]` (zeros where padded, the buffer zeroed by the caller), so that
 /// strided taps read contiguous floats and a whole output plane is one run (see
@@ -1330,30 +1310,15 @@ fn small_dense(
     let [_, _, oh, ow] = bg.output;
     let (taps, len) = (c * kh * kw, (oh - 1) * wq + ow);
     let init = |m: usize| bias.map_or(0.0, |b| b[m]);
-    // Sixteen output channels per pass over wide rows where the CPU has AVX-512, then four per
-    // pass, the rest one at a time.
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if ow >= WIDE_ROW && simd_level() == 2 {
-        for (group, o) in (0..outs.len()).step_by(16).zip(outs.chunks_exact_mut(16)) {
-            let init: [f32; 16] = std::array::from_fn(|k| init(group + k));
-            let wts = &ws[group * taps..(group + 16) * taps];
-            for oy in 0..oh {
-                let src = &phases[oy * wq..];
-                // SAFETY: AVX-512 is present; the call checks its reads and writes are in bounds.
-                let x = unsafe { tap_sum16_avx512(o, oy * ow, ow, &init, src, &offs, wts) };
-                for (k, o4) in o.chunks_mut(4).enumerate().filter(|_| x < ow) {
-                    let init4 = std::array::from_fn(|j| init[4 * k + j]);
-                    tap_sum4(o4, oy * ow + x, ow - x, init4, &src[x..], &offs, &wts[4 * k * taps..]);
-                }
-            }
-            if let Some(e) = epilogue {
-                o.iter_mut().for_each(|p| e.apply(p));
-            }
-            done = group + 16;
+    // Every channel register-blocked over wide rows where the CPU has AVX-512; else four
+    // channels per pass, the rest one at a time.
+    if ow >= WIDE_ROW {
+        let packed = super::direct_conv::Packed::new(ws, bias, outs.len(), taps);
+        if super::direct_conv::tap_rows(phases, &offs, wq, ow, 0..oh, &packed, epilogue, outs, acc) {
+            return;
         }
     }
-    for (group, o) in (done..outs.len()).step_by(4).zip(outs[done..].chunks_mut(4)) {
+    for (group, o) in (0..outs.len()).step_by(4).zip(outs.chunks_mut(4)) {
         let wts = &ws[group * taps..];
         if o.len() == 4 {
             let init = std::array::from_fn(|k| init(group + k));
@@ -1707,4 +1672,110 @@ fn tanh_accurate(x: f32) -> f32 {
     let z = x * x;
     let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328_2e-1) * z * x + x;
     if x.abs() < 0.625 { small } else { tanh(x) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The convolution by its definition, one output at a time.
+    fn reference(xs: &[f32], ws: &[f32], bias: &[f32], epilogue: Epilogue, g: &ConvGeometry) -> Vec<f32> {
+        let [n, c, h, wd] = g.input;
+        let [_, m, oh, ow] = g.output;
+        let [kh, kw] = g.kernel;
+        let (cg, mg) = (c / g.groups, m / g.groups);
+        let mut out = vec![0f32; n * m * oh * ow];
+        for (i, o) in out.iter_mut().enumerate() {
+            let (img, j, oy, ox) = (i / (m * oh * ow), i / (oh * ow) % m, i / ow % oh, i % ow);
+            let mut sum = bias[j];
+            for ci in 0..cg {
+                let channel = j / mg * cg + ci;
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                        let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                        if (0..h as isize).contains(&y) && (0..wd as isize).contains(&x) {
+                            sum += ws[((j * cg + ci) * kh + ki) * kw + kj] * xs[((img * c + channel) * h + y as usize) * wd + x as usize];
+                        }
+                    }
+                }
+            }
+            let mut v = [sum];
+            epilogue.apply(&mut v);
+            *o = v[0];
+        }
+        out
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
+    /// Pointwise convolutions through the register-blocked route (where the CPU has it), with
+    /// planes and channel counts that leave partial blocks, against the definition.
+    #[test]
+    fn pointwise_matches_definition() {
+        for (n, c, m, h, w, e) in [(2, 5, 11, 5, 7, Epilogue::HardSwish), (1, 24, 16, 9, 9, Epilogue::Relu), (3, 3, 8, 1, 32, Epilogue::Clip(-0.1, 0.2))] {
+            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, h, w], kernel: [1, 1], stride: [1, 1], dilation: [1, 1], pad: [0, 0], groups: 1 };
+            let (xs, ws, bias) = (noise(n * c * h * w, 1), noise(m * c, 2), noise(m, 3));
+            let want = reference(&xs, &ws, &bias, e, &g);
+            let mut got = vec![f32::NAN; want.len()];
+            if super::super::direct_conv::pointwise(&xs, &ws, Some(&bias), Some(e), &mut got, &g) {
+                assert!(worst(&got, &want) < 1e-5, "off by {}", worst(&got, &want));
+            }
+            let mut got = vec![f32::NAN; want.len()];
+            grouped(&xs, &ws, Some(&bias), Some(e), &mut got, &g);
+            assert!(worst(&got, &want) < 1e-5, "gemm route off by {}", worst(&got, &want));
+        }
+    }
+
+    /// Image stems (few input channels, strided, padded) through `small_dense`, over rows wide
+    /// enough for the register-blocked route and narrow ones, in bands, against the definition.
+    #[test]
+    fn small_dense_matches_definition() {
+        for (c, m, h, w, k, s) in [(3, 16, 70, 67, 3, 2), (3, 13, 20, 21, 3, 2), (1, 9, 40, 75, 5, 1)] {
+            let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
+            let g = ConvGeometry { input: [2, c, h, w], output: [2, m, oh, ow], kernel: [k, k], stride: [s, s], dilation: [1, 1], pad: [k / 2, k / 2], groups: 1 };
+            let (xs, ws, bias) = (noise(2 * c * h * w, 4), noise(m * c * k * k, 5), noise(m, 6));
+            let want = reference(&xs, &ws, &bias, Epilogue::HardSwish, &g);
+            let mut got = vec![f32::NAN; want.len()];
+            let plane = oh * ow;
+            let mut scratch = Default::default();
+            for img in 0..2 {
+                for rows in [0..oh / 3, oh / 3..oh] {
+                    let mut outs: Vec<&mut [f32]> = got[img * m * plane..(img + 1) * m * plane]
+                        .chunks_mut(plane)
+                        .map(|p| &mut p[rows.start * ow..rows.end * ow])
+                        .collect();
+                    small_dense(&xs, &ws, Some(&bias), Some(Epilogue::HardSwish), &g, img, rows.clone(), &mut outs, &mut scratch);
+                }
+            }
+            assert!(worst(&got, &want) < 1e-5, "off by {}", worst(&got, &want));
+        }
+    }
+
+    /// Depthwise convolutions with strides, dilation, pads that reach past the input and planes
+    /// from one row high to wider than `WIDE_ROW`, against the definition.
+    #[test]
+    fn depthwise_matches_definition() {
+        for (c, h, w, k, s, d, p) in [(20, 8, 8, 5, 1, 1, 2), (17, 33, 29, 3, 2, 1, 1), (16, 1, 40, 5, 1, 1, 2), (3, 300, 90, 3, 1, 2, 3), (33, 16, 16, 5, 2, 1, 2)] {
+            let (oh, ow) = ((h + 2 * p - d * (k - 1) - 1) / s + 1, (w + 2 * p - d * (k - 1) - 1) / s + 1);
+            let g = ConvGeometry { input: [2, c, h, w], output: [2, c, oh, ow], kernel: [k, k], stride: [s, s], dilation: [d, d], pad: [p, p], groups: c };
+            let (xs, ws, bias) = (noise(2 * c * h * w, 7), noise(c * k * k, 8), noise(c, 9));
+            let want = reference(&xs, &ws, &bias, Epilogue::Relu, &g);
+            let mut got = vec![f32::NAN; want.len()];
+            depthwise(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g);
+            assert!(worst(&got, &want) < 1e-5, "off by {} for {g:?}", worst(&got, &want));
+        }
+    }
 }

@@ -9,11 +9,8 @@
 use super::cpu_kernels::{ConvGeometry, Epilogue};
 
 /// Output channels and output positions (`NV` AVX-512 vectors) per register block.
-#[cfg(target_arch = "x86_64")]
 const OC: usize = 8;
-#[cfg(target_arch = "x86_64")]
 const NV: usize = 2;
-#[cfg(target_arch = "x86_64")]
 const PX: usize = 16 * NV;
 
 /// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 and undilated;
@@ -28,13 +25,104 @@ pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilo
     false
 }
 
+/// Runs a 1×1, stride-1, unpadded dense convolution (MobileNet's expansions and projections) as
+/// [`tap_rows`] with one tap per input channel, a run of positions per task; false (nothing
+/// written) where the CPU lacks AVX-512.
+pub fn pointwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
+        use rayon::prelude::*;
+        let [n, c, _, _] = g.input;
+        let [_, m, oh, ow] = g.output;
+        let plane = oh * ow;
+        let packed = Packed::new(ws, bias, m, c);
+        let offs: Vec<usize> = (0..c).map(|ci| ci * plane).collect();
+        // Runs of whole register blocks: a few tasks per thread even for one small image.
+        let blocks = plane.div_ceil(PX);
+        let span = blocks.div_ceil((4 * rayon::current_num_threads()).div_ceil(n)).max(1) * PX;
+        let runs = plane.div_ceil(span);
+        let out_ptr = crate::ops::cpu_kernels::SendPtr(out.as_mut_ptr());
+        (0..n * runs).into_par_iter().for_each_init(Vec::new, |panel, t| {
+            let (img, run) = (t / runs, t % runs);
+            let (p0, p1) = (run * span, ((run + 1) * span).min(plane));
+            // SAFETY: positions `p0..p1` of image `img`'s output planes belong to this task alone.
+            let mut outs: Vec<&mut [f32]> = (0..m)
+                .map(|j| unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((img * m + j) * plane + p0), p1 - p0) })
+                .collect();
+            let src = &xs[img * c * plane + p0..(img + 1) * c * plane];
+            tap_rows(src, &offs, 0, p1 - p0, 0..1, &packed, epilogue, &mut outs, panel);
+        });
+        return true;
+    }
+    let _ = (xs, ws, bias, epilogue, out, g);
+    false
+}
+
+/// Weights `[M, T]` (output channel, tap) packed `[M/OC][T][OC]` and the bias `[M/OC][OC]`, zeros
+/// past `M`, in the order the register block reads them.
+pub struct Packed {
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    m: usize,
+    taps: usize,
+}
+
+impl Packed {
+    pub fn new(ws: &[f32], bias: Option<&[f32]>, m: usize, taps: usize) -> Self {
+        let blocks = m.div_ceil(OC);
+        let mut weights = vec![0f32; blocks * taps * OC];
+        for j in 0..m {
+            for t in 0..taps {
+                weights[(j / OC * taps + t) * OC + j % OC] = ws[j * taps + t];
+            }
+        }
+        let bias = (0..blocks * OC).map(|j| bias.and_then(|b| b.get(j)).copied().unwrap_or(0.0)).collect();
+        Self { weights, bias, m, taps }
+    }
+}
+
+/// `outs[j][oy·ow + x] = epilogue(bias[j] + Σₜ w[j][t] · src[offs[t] + oy·wq + x])` for rows `rows`
+/// and columns `0..ow`: a convolution whose taps read contiguous runs (1×1 convs in NCHW; stems over
+/// their column phases). Thirty-two columns at a time, the taps' runs are copied `[T][32]`, so a
+/// block reads one stream (a 1×1 conv's channels are a plane apart, 4 KB at 32×32, and share L1
+/// sets); each block of `OC` channels sums them in registers and stores each output once, with its
+/// bias and activation, where a gemm `T` deep spends much of its time packing its operands and
+/// passing over its output. False (nothing written) without AVX-512 or if a read or write would
+/// fall outside `src` or `outs`.
+#[allow(clippy::too_many_arguments)]
+pub fn tap_rows(
+    src: &[f32],
+    offs: &[usize],
+    wq: usize,
+    ow: usize,
+    rows: std::ops::Range<usize>,
+    packed: &Packed,
+    epilogue: Option<Epilogue>,
+    outs: &mut [&mut [f32]],
+    panel: &mut Vec<f32>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && offs.len() == packed.taps && outs.len() == packed.m && !rows.is_empty() && ow > 0 {
+        let reach = offs.iter().max().map_or(0, |&o| o + (rows.end - 1) * wq + ow);
+        if reach <= src.len() && outs.iter().all(|o| o.len() >= rows.end * ow) {
+            panel.resize(offs.len() * PX, 0.0);
+            // SAFETY: AVX-512 is present; reads end at `reach` ≤ `src.len()`, writes at
+            // `rows.end·ow` ≤ each output's length (checked above).
+            unsafe { avx512::tap_rows(src, offs, wq, ow, rows, packed, epilogue, outs, panel) };
+            return true;
+        }
+    }
+    let _ = (src, offs, wq, ow, rows, packed, epilogue, outs, panel);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use rayon::prelude::*;
 
-    use super::{ConvGeometry, Epilogue, NV, OC, PX};
+    use super::{ConvGeometry, Epilogue, NV, OC, PX, Packed};
     use crate::ops::cpu_kernels::SendPtr;
 
     pub fn run(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
@@ -100,6 +188,84 @@ mod avx512 {
                     }
                 }
             });
+        }
+    }
+
+    /// [`super::tap_rows`] once its bounds are checked.
+    ///
+    /// # Safety
+    /// See the caller.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tap_rows(
+        src: &[f32],
+        offs: &[usize],
+        wq: usize,
+        ow: usize,
+        rows: std::ops::Range<usize>,
+        packed: &Packed,
+        epilogue: Option<Epilogue>,
+        outs: &mut [&mut [f32]],
+        panel: &mut [f32],
+    ) {
+        let (m, taps) = (packed.m, packed.taps);
+        for oy in rows {
+            for x0 in (0..ow).step_by(PX) {
+                let valid = PX.min(ow - x0);
+                let masks: [u16; NV] = std::array::from_fn(|i| match valid.saturating_sub(16 * i) {
+                    0 => 0,
+                    v if v >= 16 => 0xffff,
+                    v => ((1u32 << v) - 1) as u16,
+                });
+                let at = oy * wq + x0;
+                for (t, &o) in offs.iter().enumerate() {
+                    for i in 0..NV {
+                        // SAFETY: the masked lanes end at `o + at + valid` ≤ `src.len()`; the
+                        // panel holds `T·PX` floats.
+                        unsafe {
+                            let v = _mm512_maskz_loadu_ps(masks[i], src.as_ptr().add(o + at + 16 * i));
+                            _mm512_storeu_ps(panel.as_mut_ptr().add(t * PX + 16 * i), v);
+                        }
+                    }
+                }
+                for mb in 0..m.div_ceil(OC) {
+                    let w = &packed.weights[mb * taps * OC..(mb + 1) * taps * OC];
+                    let mut acc: [[__m512; NV]; OC] = std::array::from_fn(|o| [_mm512_set1_ps(packed.bias[mb * OC + o]); NV]);
+                    for (t, wrow) in w.chunks_exact(OC).enumerate() {
+                        // SAFETY: the panel holds `T·PX` floats.
+                        let v: [__m512; NV] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(panel.as_ptr().add(t * PX + 16 * i)) });
+                        for (a, &wt) in acc.iter_mut().zip(wrow) {
+                            let b = _mm512_set1_ps(wt);
+                            for i in 0..NV {
+                                a[i] = _mm512_fmadd_ps(b, v[i], a[i]);
+                            }
+                        }
+                    }
+                    for (o, a) in acc.iter().enumerate().take(OC.min(m - mb * OC)) {
+                        let dst = outs[mb * OC + o].as_mut_ptr();
+                        for i in 0..NV {
+                            // SAFETY: the masked lanes end at `oy·ow + x0 + valid` ≤ the output's length.
+                            unsafe { _mm512_mask_storeu_ps(dst.add(oy * ow + x0 + 16 * i), masks[i], activate(epilogue, a[i])) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `epilogue` on one vector, as [`Epilogue::apply`] does on a slice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn activate(epilogue: Option<Epilogue>, v: __m512) -> __m512 {
+        let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
+        match epilogue {
+            None => v,
+            Some(Epilogue::Relu) => _mm512_max_ps(v, zero),
+            Some(Epilogue::HardSwish) => {
+                let gate = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+                _mm512_mul_ps(v, _mm512_min_ps(_mm512_max_ps(gate, zero), one))
+            }
+            Some(Epilogue::Clip(lo, hi)) => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
         }
     }
 

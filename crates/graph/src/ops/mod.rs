@@ -13,7 +13,7 @@ mod nn;
 mod reduce;
 mod shape;
 
-pub(crate) use cpu_kernels::reshape_copy;
+pub(crate) use cpu_kernels::{output_buffer, reshape_copy};
 pub(crate) use nn::batchnorm_affine;
 
 use std::sync::Arc;

@@ -400,7 +400,7 @@ impl ConvGeometry {
 /// each tap's gemm is too shallow to beat im2col's one deep gemm).
 const TAP_GEMM_CHANNELS: usize = 64;
 
-/// 1×1 convolutions over at most this many input channels run as `direct_conv::pointwise` where
+/// 1×1 convolutions over at most this many input channels run as `avx512::pointwise` where
 /// the CPU has AVX-512: a gemm this shallow runs at half speed (MobileNet's expansions: 48 → 288
 /// channels at 32×32, 0.32 → 0.17 ms; 40 → 240, 0.28 → 0.13). Deeper ones keep the gemm, which at
 /// batch 64 runs the projections (240 → 40 at 16×16) near the FMA units' peak...
@@ -526,7 +526,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     let mut out = unsafe { output_buffer(n * m * oh * ow) };
     let pointwise = g.groups == 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
     let shallow = c <= POINTWISE_CHANNELS || (n == 1 && c <= POINTWISE_CHANNELS_ONE_IMAGE);
-    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::direct_conv::pointwise(xs, ws, bs, epilogue, &mut out, g) {
+    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::avx512::pointwise(xs, ws, bs, epilogue, &mut out, g) {
         // Done: register-blocked on AVX-512.
     } else if c / g.groups == 1 && g.kernel != [1, 1] {
         // Depthwise: im2col would copy every input k² times for one multiply-add each.
@@ -561,7 +561,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
         // The register-blocked direct convolution where the CPU has AVX-512 (1×1 convs measured
         // slower that way than as one gemm), else one gemm per tap.
-        if !super::direct_conv::conv(xs, ws, bs, epilogue, &mut out, g) {
+        if !super::avx512::conv(xs, ws, bs, epilogue, &mut out, g) {
             shifted_taps(xs, ws, bs, epilogue, &mut out, g);
         }
     } else {
@@ -975,7 +975,7 @@ fn batched_rows(
     for_each_group(out, images * m * plane, inner, run);
 }
 
-/// Stride-1 convolutions over many channels on CPUs without AVX-512 (with it, `direct_conv` runs
+/// Stride-1 convolutions over many channels on CPUs without AVX-512 (with it, `avx512::conv` runs
 /// them; DB's 3×3 FPN and head convs: 256 channels, 64 → 55 ms each at 1024×1024 this way, 47 ms
 /// there) as one gemm per filter tap, accumulating into the output tile:
 /// `out[M, rows·Wp] += W[:, :, ki, kj] · xpad[C, rows·Wp]` shifted by `ki·Wp + kj`, over a
@@ -1313,8 +1313,8 @@ fn small_dense(
     // Every channel register-blocked over wide rows where the CPU has AVX-512; else four
     // channels per pass, the rest one at a time.
     if ow >= WIDE_ROW {
-        let packed = super::direct_conv::Packed::new(ws, bias, outs.len(), taps);
-        if super::direct_conv::tap_rows(phases, &offs, wq, ow, 0..oh, &packed, epilogue, outs, acc) {
+        let packed = super::avx512::Packed::new(ws, bias, outs.len(), taps);
+        if super::avx512::tap_rows(phases, &offs, wq, ow, 0..oh, &packed, epilogue, outs, acc) {
             return;
         }
     }
@@ -1388,7 +1388,7 @@ fn im2col(x: &[f32], cols: &mut [f32], stride: usize, g: &ConvGeometry, oy0: usi
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: every task writes a disjoint part of the output (see `grouped`, `lstm` and
-// `direct_conv`).
+// `avx512`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
@@ -1730,7 +1730,7 @@ mod tests {
             let (xs, ws, bias) = (noise(n * c * h * w, 1), noise(m * c, 2), noise(m, 3));
             let want = reference(&xs, &ws, &bias, e, &g);
             let mut got = vec![f32::NAN; want.len()];
-            if super::super::direct_conv::pointwise(&xs, &ws, Some(&bias), Some(e), &mut got, &g) {
+            if super::super::avx512::pointwise(&xs, &ws, Some(&bias), Some(e), &mut got, &g) {
                 assert!(worst(&got, &want) < 1e-5, "off by {}", worst(&got, &want));
             }
             let mut got = vec![f32::NAN; want.len()];

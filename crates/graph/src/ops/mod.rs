@@ -5,8 +5,8 @@
 //!
 //! Constant folding runs the same kernels on the flex CPU device: one implementation per op.
 
+mod avx512;
 mod cpu_kernels;
-mod direct_conv;
 mod elementwise;
 mod lstm;
 mod nn;

@@ -1,10 +1,13 @@
-//! Stride-1 dense convolutions over many channels (DB's 3×3 FPN and head convs: 256 → 64
-//! channels at 256×256, 19 GFLOP each) as a register-blocked direct convolution on AVX-512. Each
-//! step of the inner loop loads two 16-float input vectors and broadcasts eight weights into
-//! sixteen accumulators (8 output channels × 32 positions; 6 × 64 measured no faster), so the FMA
-//! units rather than the loads set the pace, and the input is copied once (zero-padded) instead of
-//! once per tap as the gemm-per-tap route packs it (DB's two big convs 56 → 47 ms each). Other
-//! CPUs keep that route (`cpu_kernels::shifted_taps`).
+//! Register-blocked kernels for CPUs with AVX-512, where they beat the `gemm` crate's routes on
+//! docTR's shapes. Each step of an inner loop loads two 16-float vectors and broadcasts eight
+//! values into sixteen accumulators (8 rows × 32 columns of the result; 6 × 64 measured no
+//! faster), so the FMA units rather than the loads set the pace, and each result is stored once.
+//! - [`conv`]: stride-1 dense convolutions over many channels (DB's 3×3 FPN and head convs: 256 →
+//!   64 channels at 256×256, 19 GFLOP each), the input copied once zero-padded instead of once per
+//!   tap as the gemm-per-tap route packs it (DB's two big convs 56 → 47 ms each).
+//! - [`tap_rows`]: convolutions whose taps read contiguous runs: shallow 1×1 convs and image stems.
+//!
+//! Other CPUs keep the `gemm` routes in `cpu_kernels`.
 
 use super::cpu_kernels::{ConvGeometry, Epilogue};
 

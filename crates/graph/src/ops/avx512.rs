@@ -6,6 +6,8 @@
 //!   64 channels at 256×256, 19 GFLOP each), the input copied once zero-padded instead of once per
 //!   tap as the gemm-per-tap route packs it (DB's two big convs 56 → 47 ms each).
 //! - [`tap_rows`]: convolutions whose taps read contiguous runs: shallow 1×1 convs and image stems.
+//! - [`depthwise_same`]: stride-1 depthwise convolutions over small planes, as masked loads
+//!   straight from the input.
 //!
 //! Other CPUs keep the `gemm` routes in `cpu_kernels`.
 
@@ -15,6 +17,11 @@ use super::cpu_kernels::{ConvGeometry, Epilogue};
 const OC: usize = 8;
 const NV: usize = 2;
 const PX: usize = 16 * NV;
+/// [`tap_rows`] copies the taps' runs for up to `MAX_CHUNK_BLOCKS` blocks of `PX` positions,
+/// at most `PANEL_FLOATS` floats, then sums each block of output channels over all of them, so
+/// its stores run along a few output planes at a time rather than across all of them.
+const PANEL_FLOATS: usize = 8192;
+const MAX_CHUNK_BLOCKS: usize = 16;
 
 /// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 and undilated;
 /// false leaves it to the caller.
@@ -58,6 +65,55 @@ pub fn pointwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<
         return true;
     }
     let _ = (xs, ws, bias, epilogue, out, g);
+    false
+}
+
+/// Stride-1 depthwise convolutions whose output planes are their input's size (MobileNet's
+/// "same"-padded 3×3 and 5×5 layers at 32×32 and below): output `i` of a plane reads input
+/// `i + Δₜ` through tap `t`, so sixteen consecutive outputs take one load per tap straight from
+/// the input, the lanes whose tap falls in the padding (or past the plane) masked off. No padded
+/// copy of the plane and no columns computed and dropped, which on 8×8 planes are most of the
+/// work of the phase route. The masks depend only on the geometry and are made once. False
+/// (nothing written) where the CPU lacks AVX-512 or the conv is not of this kind.
+pub fn depthwise_same(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
+    let [n, c, h, w] = g.input;
+    let [kh, kw] = g.kernel;
+    let same = g.groups == c && g.output == [n, c, h, w] && g.stride == [1, 1];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && same && h * w > 0 && xs.len() == n * c * h * w && out.len() == xs.len() && ws.len() == c * kh * kw {
+        use rayon::prelude::*;
+        let plane = h * w;
+        let blocks = plane.div_ceil(16);
+        // Per live tap: its offset `Δₜ` and one mask per block of sixteen outputs.
+        let (mut live, mut deltas, mut masks) = (vec![], vec![], vec![]);
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let dy = (ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                let dx = (kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                let reads = |i: usize| {
+                    let (y, x) = ((i / w) as isize + dy, (i % w) as isize + dx);
+                    i < plane && (0..h as isize).contains(&y) && (0..w as isize).contains(&x)
+                };
+                let m: Vec<u16> = (0..blocks).map(|b| (0..16).filter(|l| reads(b * 16 + l)).fold(0, |a, l| a | 1 << l)).collect();
+                if m.iter().any(|&b| b != 0) {
+                    live.push(ki * kw + kj);
+                    deltas.push(dy * w as isize + dx);
+                    masks.extend(m);
+                }
+            }
+        }
+        let wts: Vec<f32> = (0..c).flat_map(|ch| live.iter().map(move |&t| ws[ch * kh * kw + t])).collect();
+        let taps = live.len();
+        out.par_chunks_mut(plane).with_min_len(4096usize.div_ceil(plane)).enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let init = bias.map_or(0.0, |b| b[ch]);
+            // SAFETY: AVX-512 is present; every unmasked lane reads inside plane `p` (the masks
+            // admit only taps that land in it) and writes inside `o`.
+            unsafe { avx512::depthwise_plane(xs[p * plane..].as_ptr(), o, &deltas, &masks, &wts[ch * taps..(ch + 1) * taps], init, epilogue) };
+        });
+        return true;
+    }
+    let _ = (xs, ws, bias, epilogue, out, same);
     false
 }
 
@@ -108,10 +164,11 @@ pub fn tap_rows(
     if std::arch::is_x86_feature_detected!("avx512f") && offs.len() == packed.taps && outs.len() == packed.m && !rows.is_empty() && ow > 0 {
         let reach = offs.iter().max().map_or(0, |&o| o + (rows.end - 1) * wq + ow);
         if reach <= src.len() && outs.iter().all(|o| o.len() >= rows.end * ow) {
-            panel.resize(offs.len() * PX, 0.0);
+            let chunk = (PANEL_FLOATS / (offs.len().max(1) * PX)).clamp(1, MAX_CHUNK_BLOCKS) * PX;
+            panel.resize(offs.len() * chunk, 0.0);
             // SAFETY: AVX-512 is present; reads end at `reach` ≤ `src.len()`, writes at
-            // `rows.end·ow` ≤ each output's length (checked above).
-            unsafe { avx512::tap_rows(src, offs, wq, ow, rows, packed, epilogue, outs, panel) };
+            // `rows.end·ow` ≤ each output's length (checked above); the panel holds `T·chunk`.
+            unsafe { avx512::tap_rows(src, offs, wq, ow, rows, packed, epilogue, outs, panel, chunk) };
             return true;
         }
     }
@@ -210,49 +267,106 @@ mod avx512 {
         epilogue: Option<Epilogue>,
         outs: &mut [&mut [f32]],
         panel: &mut [f32],
+        chunk: usize,
     ) {
         let (m, taps) = (packed.m, packed.taps);
+        let masks = |x0: usize| -> [u16; NV] {
+            let valid = PX.min(ow - x0);
+            std::array::from_fn(|i| match valid.saturating_sub(16 * i) {
+                0 => 0,
+                v if v >= 16 => 0xffff,
+                v => ((1u32 << v) - 1) as u16,
+            })
+        };
         for oy in rows {
-            for x0 in (0..ow).step_by(PX) {
-                let valid = PX.min(ow - x0);
-                let masks: [u16; NV] = std::array::from_fn(|i| match valid.saturating_sub(16 * i) {
-                    0 => 0,
-                    v if v >= 16 => 0xffff,
-                    v => ((1u32 << v) - 1) as u16,
-                });
-                let at = oy * wq + x0;
-                for (t, &o) in offs.iter().enumerate() {
-                    for i in 0..NV {
-                        // SAFETY: the masked lanes end at `o + at + valid` ≤ `src.len()`; the
-                        // panel holds `T·PX` floats.
-                        unsafe {
-                            let v = _mm512_maskz_loadu_ps(masks[i], src.as_ptr().add(o + at + 16 * i));
-                            _mm512_storeu_ps(panel.as_mut_ptr().add(t * PX + 16 * i), v);
+            for c0 in (0..ow).step_by(chunk) {
+                let blocks = (c0..ow.min(c0 + chunk)).step_by(PX);
+                for (b, x0) in blocks.clone().enumerate() {
+                    let (masks, at) = (masks(x0), oy * wq + x0);
+                    for (t, &o) in offs.iter().enumerate() {
+                        for i in 0..NV {
+                            // SAFETY: the masked lanes end at `o + at + valid` ≤ `src.len()`; the
+                            // panel holds `T·chunk` floats.
+                            unsafe {
+                                let v = _mm512_maskz_loadu_ps(masks[i], src.as_ptr().add(o + at + 16 * i));
+                                _mm512_storeu_ps(panel.as_mut_ptr().add((b * taps + t) * PX + 16 * i), v);
+                            }
                         }
                     }
                 }
                 for mb in 0..m.div_ceil(OC) {
                     let w = &packed.weights[mb * taps * OC..(mb + 1) * taps * OC];
-                    let mut acc: [[__m512; NV]; OC] = std::array::from_fn(|o| [_mm512_set1_ps(packed.bias[mb * OC + o]); NV]);
-                    for (t, wrow) in w.chunks_exact(OC).enumerate() {
-                        // SAFETY: the panel holds `T·PX` floats.
-                        let v: [__m512; NV] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(panel.as_ptr().add(t * PX + 16 * i)) });
-                        for (a, &wt) in acc.iter_mut().zip(wrow) {
-                            let b = _mm512_set1_ps(wt);
-                            for i in 0..NV {
-                                a[i] = _mm512_fmadd_ps(b, v[i], a[i]);
+                    for (b, x0) in blocks.clone().enumerate() {
+                        let block = &panel[b * taps * PX..(b + 1) * taps * PX];
+                        let mut acc: [[__m512; NV]; OC] = std::array::from_fn(|o| [_mm512_set1_ps(packed.bias[mb * OC + o]); NV]);
+                        for (wrow, v) in w.chunks_exact(OC).zip(block.chunks_exact(PX)) {
+                            // SAFETY: `v` holds PX floats.
+                            let v: [__m512; NV] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(v.as_ptr().add(16 * i)) });
+                            for (a, &wt) in acc.iter_mut().zip(wrow) {
+                                let b = _mm512_set1_ps(wt);
+                                for i in 0..NV {
+                                    a[i] = _mm512_fmadd_ps(b, v[i], a[i]);
+                                }
                             }
                         }
-                    }
-                    for (o, a) in acc.iter().enumerate().take(OC.min(m - mb * OC)) {
-                        let dst = outs[mb * OC + o].as_mut_ptr();
-                        for i in 0..NV {
-                            // SAFETY: the masked lanes end at `oy·ow + x0 + valid` ≤ the output's length.
-                            unsafe { _mm512_mask_storeu_ps(dst.add(oy * ow + x0 + 16 * i), masks[i], activate(epilogue, a[i])) };
+                        let masks = masks(x0);
+                        for (o, a) in acc.iter().enumerate().take(OC.min(m - mb * OC)) {
+                            let dst = outs[mb * OC + o].as_mut_ptr();
+                            for i in 0..NV {
+                                // SAFETY: the masked lanes end at `oy·ow + x0 + valid` ≤ the output's length.
+                                unsafe { _mm512_mask_storeu_ps(dst.add(oy * ow + x0 + 16 * i), masks[i], activate(epilogue, a[i])) };
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// One plane of [`super::depthwise_same`]: blocks of sixteen outputs, eight blocks' sums held
+    /// in registers across the taps.
+    ///
+    /// # Safety
+    /// AVX-512 is present, and for each tap `t` and block `b` every lane set in `masks[t·B + b]`
+    /// (`B` blocks of `o`) reads inside the plane at `src`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn depthwise_plane(src: *const f32, o: &mut [f32], deltas: &[isize], masks: &[u16], wts: &[f32], init: f32, epilogue: Option<Epilogue>) {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn group<const K: usize>(src: *const f32, o: &mut [f32], b: usize, deltas: &[isize], masks: &[u16], wts: &[f32], init: f32, epilogue: Option<Epilogue>) {
+            let blocks = o.len().div_ceil(16);
+            let mut acc = [_mm512_set1_ps(init); K];
+            for (t, (&d, &wt)) in deltas.iter().zip(wts).enumerate() {
+                let wv = _mm512_set1_ps(wt);
+                let m = &masks[t * blocks + b..t * blocks + b + K];
+                for k in 0..K {
+                    // SAFETY: see `depthwise_plane`; masked-off lanes are not read.
+                    let v = unsafe { _mm512_maskz_loadu_ps(m[k], src.wrapping_offset(((b + k) * 16) as isize + d)) };
+                    acc[k] = _mm512_fmadd_ps(v, wv, acc[k]);
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                let at = (b + k) * 16;
+                let valid = (o.len() - at).min(16);
+                let mask = if valid == 16 { 0xffff } else { ((1u32 << valid) - 1) as u16 };
+                // SAFETY: the masked lanes end at `at + valid` ≤ `o.len()`.
+                unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(at), mask, activate(epilogue, *a)) };
+            }
+        }
+        let blocks = o.len().div_ceil(16);
+        let mut b = 0;
+        // SAFETY (all three): the caller's.
+        while b + 8 <= blocks {
+            unsafe { group::<8>(src, o, b, deltas, masks, wts, init, epilogue) };
+            b += 8;
+        }
+        while b + 2 <= blocks {
+            unsafe { group::<2>(src, o, b, deltas, masks, wts, init, epilogue) };
+            b += 2;
+        }
+        if b < blocks {
+            unsafe { group::<1>(src, o, b, deltas, masks, wts, init, epilogue) };
         }
     }
 

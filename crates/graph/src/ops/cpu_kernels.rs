@@ -396,12 +396,12 @@ impl ConvGeometry {
     }
 }
 
-/// Stride-1 depthwise convolutions over planes up to this size, as large as their input, run as
-/// `avx512::depthwise_same` where the CPU has AVX-512. Measured at batch 64 (2 threads): 576
-/// channels at 8×8, 5×5 taps 3.0 → 1.8 ms, 3×3 1.9 → 0.7; CRNN's 576 at 1×32 0.94 → 0.30, 240 at
-/// 2×32 0.57 → 0.35, 88 at 4×32 (3×3) 0.36 → 0.24. From 16×16 up the phase route is as fast or
-/// faster (240 channels, 5×5: 2.8 ms against 3.0; 88 at 32×32, 3×3: 1.9 against 3.0).
-const DEPTHWISE_SAME_PLANE: usize = 128;
+/// Depthwise convolutions over output planes up to this size, whose rows are as wide as their
+/// input's, run as `avx512::depthwise_masked` where the CPU has AVX-512. Measured at batch 64 (2
+/// threads): 576 channels at 8×8, 5×5 taps 2.9 → 1.1 ms; 240 at 16×16 2.7 → 2.3; CRNN's 240 at
+/// 2×32 0.53 → 0.30, its height-strided 72 at 32×32 → 16×32 (3×3) 0.90 → 0.69. From 32×32 up the
+/// phase route is faster (88 channels, 3×3: 1.7 ms against 2.7).
+const DEPTHWISE_MASKED_PLANE: usize = 512;
 
 /// Stride-1 convolutions with at least this many input channels run as [`shifted_taps`] (below,
 /// each tap's gemm is too shallow to beat im2col's one deep gemm).
@@ -540,7 +540,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
         if m != g.groups {
             return None;
         }
-        if oh * ow > DEPTHWISE_SAME_PLANE || !super::avx512::depthwise_same(xs, ws, bs, epilogue, &mut out, g) {
+        if oh * ow > DEPTHWISE_MASKED_PLANE || !super::avx512::depthwise_masked(xs, ws, bs, epilogue, &mut out, g) {
             depthwise(xs, ws, bs, epilogue, &mut out, g);
         }
     } else if g.groups == 1 && (g.kernel != [1, 1] || oh * ow >= LARGE_PLANE) && (c * g.kernel[0] * g.kernel[1] <= SMALL_K || (c <= 4 && c * g.kernel[0] * g.kernel[1] <= STEM_K)) {
@@ -1774,31 +1774,45 @@ mod tests {
         }
     }
 
-    /// Depthwise convolutions with strides, dilation, pads that reach past the input and planes
-    /// from one row high to wider than `WIDE_ROW`, against the definition.
+    /// Depthwise convolutions with strides (CRNN's 2×1 among them), dilation, pads that reach
+    /// past the input and planes from one row high to wider than `WIDE_ROW`, through the phase
+    /// route and (where it applies) the masked one, against the definition.
     #[test]
     fn depthwise_matches_definition() {
-        let cases = [(20, 8, 8, 5, 1, 1, 2), (17, 33, 29, 3, 2, 1, 1), (16, 1, 40, 5, 1, 1, 2), (3, 300, 90, 3, 1, 2, 3), (33, 16, 16, 5, 2, 1, 2)];
-        // "Same" stride-1 planes for the masked route: dilated, narrower than the kernel, odd sizes.
-        let same = [(7, 7, 9, 3, 1, 2, 2), (4, 5, 3, 5, 1, 1, 2), (5, 32, 32, 3, 1, 1, 1), (3, 13, 11, 5, 1, 1, 2)];
-        for (c, h, w, k, s, d, p) in cases.into_iter().chain(same) {
-            let (oh, ow) = ((h + 2 * p - d * (k - 1) - 1) / s + 1, (w + 2 * p - d * (k - 1) - 1) / s + 1);
-            let g = ConvGeometry { input: [2, c, h, w], output: [2, c, oh, ow], kernel: [k, k], stride: [s, s], dilation: [d, d], pad: [p, p], groups: c };
+        // (channels, h, w, kernel, [sh, sw], dilation, pad)
+        let cases = [
+            (20, 8, 8, 5, [1, 1], 1, 2),
+            (17, 33, 29, 3, [2, 2], 1, 1),
+            (16, 1, 40, 5, [1, 1], 1, 2),
+            (3, 300, 90, 3, [1, 1], 2, 3),
+            (33, 16, 16, 5, [2, 2], 1, 2),
+            (7, 7, 9, 3, [1, 1], 2, 2),
+            (4, 5, 3, 5, [1, 1], 1, 2),
+            (5, 32, 32, 3, [1, 1], 1, 1),
+            (3, 13, 11, 5, [1, 1], 1, 2),
+            (6, 4, 32, 5, [2, 1], 1, 2),
+            (5, 9, 7, 3, [2, 2], 1, 0),
+            (4, 11, 13, 3, [3, 3], 2, 2),
+            (4, 11, 13, 3, [3, 1], 2, 2),
+        ];
+        for (c, h, w, k, [sh, sw], d, p) in cases {
+            let (oh, ow) = ((h + 2 * p - d * (k - 1) - 1) / sh + 1, (w + 2 * p - d * (k - 1) - 1) / sw + 1);
+            let g = ConvGeometry { input: [2, c, h, w], output: [2, c, oh, ow], kernel: [k, k], stride: [sh, sw], dilation: [d, d], pad: [p, p], groups: c };
             let (xs, ws, bias) = (noise(2 * c * h * w, 7), noise(c * k * k, 8), noise(c, 9));
             let want = reference(&xs, &ws, &bias, Epilogue::Relu, &g);
             let mut got = vec![f32::NAN; want.len()];
             depthwise(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g);
             assert!(worst(&got, &want) < 1e-5, "off by {} for {g:?}", worst(&got, &want));
             let mut got = vec![f32::NAN; want.len()];
-            let masked = super::super::avx512::depthwise_same(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g);
+            let masked = super::super::avx512::depthwise_masked(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g);
             if masked {
                 assert!(worst(&got, &want) < 1e-5, "masked route off by {} for {g:?}", worst(&got, &want));
             }
-            // Taken exactly for "same" stride-1 planes on CPUs with AVX-512, never elsewhere.
-            let same = s == 1 && (oh, ow) == (h, w);
+            // Taken on CPUs with AVX-512 exactly where output rows are input rows' width.
+            let fits = sw == 1 && ow == w;
             #[cfg(target_arch = "x86_64")]
-            let same = same && std::arch::is_x86_feature_detected!("avx512f");
-            assert_eq!(masked, same, "masked route for {g:?}");
+            let fits = fits && std::arch::is_x86_feature_detected!("avx512f");
+            assert_eq!(masked, fits, "masked route for {g:?}");
         }
     }
 }

@@ -38,6 +38,68 @@ fn batchnorm_folds_into_conv() {
     assert_eq!(floats(&out[0]), vec![0.5, 3.5, -2.5, 6.5]);
 }
 
+/// FAST's RepConv block as docTR exports it: `relu(conv3×3(x) + conv3×1(x) + conv1×3(x) + id(x))`,
+/// `id` a BatchNorm of `x` or a constant, with `stride`. With `keep`, the branches are also graph
+/// outputs, which must stop the merge.
+fn rep_conv_block(stride: i64, norm: bool, keep: bool) -> OnnxBuilder {
+    let mut seed = 11u32;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let conv = |k: [i64; 2], pads: [i64; 4]| vec![("kernel_shape", A::Ints(k.to_vec())), ("pads", A::Ints(pads.to_vec())), ("strides", A::Ints(vec![stride, stride]))];
+    let (c, out) = (4, if stride == 1 { [7, 6] } else { [4, 3] });
+    let mut b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, c, 7, 6])
+        .init_f32("w33", &[c, c, 3, 3], &rand(144))
+        .init_f32("b33", &[c], &rand(4))
+        .init_f32("w31", &[c, c, 3, 1], &rand(48))
+        .init_f32("b31", &[c], &rand(4))
+        .init_f32("w13", &[c, c, 1, 3], &rand(48))
+        .init_f32("scale", &[c], &rand(4))
+        .init_f32("shift", &[c], &rand(4))
+        .init_f32("mean", &[c], &rand(4))
+        .init_f32("var", &[c], &rand(4).iter().map(|v| v + 1.0).collect::<Vec<_>>())
+        .init_f32("k", &[], &[0.25])
+        .node("Conv", &["x", "w33", "b33"], &["c33"], &conv([3, 3], [1, 1, 1, 1]))
+        .node("Conv", &["x", "w31", "b31"], &["c31"], &conv([3, 1], [1, 0, 1, 0]))
+        .node("Conv", &["x", "w13"], &["c13"], &conv([1, 3], [0, 1, 0, 1]))
+        .node("Add", &["c33", "c31"], &["s1"], &[])
+        .node("Add", &["s1", "c13"], &["s2"], &[]);
+    b = if norm {
+        b.node("BatchNormalization", &["x", "scale", "shift", "mean", "var"], &["id"], &[]).node("Add", &["s2", "id"], &["s3"], &[])
+    } else {
+        b.node("Add", &["k", "s2"], &["s3"], &[])
+    };
+    b = b.node("Relu", &["s3"], &["y"], &[]).output("y", FLOAT, &[1, c, out[0], out[1]]);
+    if keep {
+        for v in ["c33", "c31", "c13"] {
+            b = b.output(v, FLOAT, &[1, c, out[0], out[1]]);
+        }
+    }
+    b
+}
+
+#[test]
+fn rep_conv_branches_merge_into_one_conv() {
+    let x = TensorData::new((0..168).map(|v| ((v * 37 % 23) as f32 - 11.0) / 7.0).collect::<Vec<_>>(), vec![1, 4, 7, 6]);
+    for (stride, norm) in [(1, true), (1, false), (2, false)] {
+        let (merged, g, steps) = run(rep_conv_block(stride, norm, false), x.clone());
+        assert_eq!(g.load_stats().conv_branches_merged, 3, "stride {stride}, norm {norm}");
+        assert_eq!(steps, 1, "one conv, its ReLU fused, should remain (stride {stride}, norm {norm})");
+        let (branches, g, _) = run(rep_conv_block(stride, norm, true), x.clone());
+        assert_eq!(g.load_stats().conv_branches_merged, 0, "branches that are graph outputs must stay");
+        let (want, got) = (floats(&branches[0]), floats(&merged[0]));
+        assert!(want.iter().any(|&v| v > 0.1), "the block should not be all zeros");
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "merged conv off by {worst} (stride {stride}, norm {norm})");
+    }
+}
+
 #[test]
 fn shape_subgraph_folds_to_a_reshape() {
     // y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])): batch-preserving flatten.

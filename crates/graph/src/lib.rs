@@ -46,6 +46,9 @@ pub struct LoadStats {
     pub passes_ms: f64,
     pub nodes: usize,
     pub batchnorms_folded: usize,
+    /// Adds of a conv and another conv of its input (or a BatchNorm of it, or a constant) merged
+    /// into the conv (FAST's RepConv branches).
+    pub conv_branches_merged: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -87,6 +90,7 @@ impl Graph {
         let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
         passes::promote_constants(&mut model.graph);
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
+        let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
@@ -95,6 +99,7 @@ impl Graph {
             passes_ms: t.elapsed().as_secs_f64() * 1e3,
             nodes: model.graph.nodes.len(),
             batchnorms_folded,
+            conv_branches_merged,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -13,11 +13,18 @@
 
 use super::cpu_kernels::{ConvGeometry, Epilogue};
 
-/// Output channels and output positions (`NV` AVX-512 vectors) per register block.
-const OC: usize = 8;
-const NV: usize = 2;
-const PX: usize = 16 * NV;
-/// [`tap_rows`] copies the taps' runs for up to `MAX_CHUNK_BLOCKS` blocks of `PX` positions,
+/// Register blocks: output channels × output positions (in AVX-512 vectors). Rows of at least
+/// `WIDE` positions take 4 × 64, narrower ones 8 × 32; both hold 16 sums. The wide block needs
+/// one broadcast weight per four multiply-adds instead of one per two, which on CPUs with two
+/// 512-bit FMA units is what limits the narrow one (LinkNet's 3×3 convs at 256×256, 13.1 →
+/// 11.9 ms; its 7×7 stem 18.8 → 13.8); on 32-wide rows it would leave half its lanes idle
+/// (ResNet's last stage at 1024×1024: 14.4 → 23.5 ms).
+const WIDE: usize = 64;
+const WIDE_OC: usize = 4;
+const WIDE_NV: usize = 4;
+const NARROW_OC: usize = 8;
+const NARROW_NV: usize = 2;
+/// [`tap_rows`] copies the taps' runs for up to `MAX_CHUNK_BLOCKS` register blocks of positions,
 /// at most `PANEL_FLOATS` floats, then sums each block of output channels over all of them, so
 /// its stores run along a few output planes at a time rather than across all of them.
 const PANEL_FLOATS: usize = 8192;
@@ -28,7 +35,11 @@ const MAX_CHUNK_BLOCKS: usize = 16;
 pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
-        avx512::run(xs, ws, bias, epilogue, out, g);
+        if g.output[3] >= WIDE {
+            avx512::run::<WIDE_OC, WIDE_NV>(xs, ws, bias, epilogue, out, g);
+        } else {
+            avx512::run::<NARROW_OC, NARROW_NV>(xs, ws, bias, epilogue, out, g);
+        }
         return true;
     }
     let _ = (xs, ws, bias, epilogue, out, g);
@@ -45,11 +56,12 @@ pub fn pointwise(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<
         let [n, c, _, _] = g.input;
         let [_, m, oh, ow] = g.output;
         let plane = oh * ow;
-        let packed = Packed::new(ws, bias, m, c);
+        let packed = Packed::new(ws, bias, m, c, plane);
         let offs: Vec<usize> = (0..c).map(|ci| ci * plane).collect();
         // Runs of whole register blocks: a few tasks per thread even for one small image.
-        let blocks = plane.div_ceil(PX);
-        let span = blocks.div_ceil((4 * rayon::current_num_threads()).div_ceil(n)).max(1) * PX;
+        let px = packed.px();
+        let blocks = plane.div_ceil(px);
+        let span = blocks.div_ceil((4 * rayon::current_num_threads()).div_ceil(n)).max(1) * px;
         let runs = plane.div_ceil(span);
         let out_ptr = crate::ops::cpu_kernels::SendPtr(out.as_mut_ptr());
         (0..n * runs).into_par_iter().for_each_init(Vec::new, |panel, t| {
@@ -142,25 +154,33 @@ pub fn depthwise_masked(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: 
 }
 
 /// Weights `[M, T]` (output channel, tap) packed `[M/OC][T][OC]` and the bias `[M/OC][OC]`, zeros
-/// past `M`, in the order the register block reads them.
+/// past `M`, in the order the register block reads them; `OC` is the block's for rows `width`
+/// wide.
 pub struct Packed {
     weights: Vec<f32>,
     bias: Vec<f32>,
     m: usize,
     taps: usize,
+    oc: usize,
 }
 
 impl Packed {
-    pub fn new(ws: &[f32], bias: Option<&[f32]>, m: usize, taps: usize) -> Self {
-        let blocks = m.div_ceil(OC);
-        let mut weights = vec![0f32; blocks * taps * OC];
+    pub fn new(ws: &[f32], bias: Option<&[f32]>, m: usize, taps: usize, width: usize) -> Self {
+        let oc = if width >= WIDE { WIDE_OC } else { NARROW_OC };
+        let blocks = m.div_ceil(oc);
+        let mut weights = vec![0f32; blocks * taps * oc];
         for j in 0..m {
             for t in 0..taps {
-                weights[(j / OC * taps + t) * OC + j % OC] = ws[j * taps + t];
+                weights[(j / oc * taps + t) * oc + j % oc] = ws[j * taps + t];
             }
         }
-        let bias = (0..blocks * OC).map(|j| bias.and_then(|b| b.get(j)).copied().unwrap_or(0.0)).collect();
-        Self { weights, bias, m, taps }
+        let bias = (0..blocks * oc).map(|j| bias.and_then(|b| b.get(j)).copied().unwrap_or(0.0)).collect();
+        Self { weights, bias, m, taps, oc }
+    }
+
+    /// Output positions per register block.
+    fn px(&self) -> usize {
+        16 * if self.oc == WIDE_OC { WIDE_NV } else { NARROW_NV }
     }
 }
 
@@ -188,11 +208,18 @@ pub fn tap_rows(
     if std::arch::is_x86_feature_detected!("avx512f") && offs.len() == packed.taps && outs.len() == packed.m && !rows.is_empty() && ow > 0 {
         let reach = offs.iter().max().map_or(0, |&o| o + (rows.end - 1) * wq + ow);
         if reach <= src.len() && outs.iter().all(|o| o.len() >= rows.end * ow) {
-            let chunk = (PANEL_FLOATS / (offs.len().max(1) * PX)).clamp(1, MAX_CHUNK_BLOCKS) * PX;
+            let px = packed.px();
+            let chunk = (PANEL_FLOATS / (offs.len().max(1) * px)).clamp(1, MAX_CHUNK_BLOCKS) * px;
             panel.resize(offs.len() * chunk, 0.0);
             // SAFETY: AVX-512 is present; reads end at `reach` ≤ `src.len()`, writes at
             // `rows.end·ow` ≤ each output's length (checked above); the panel holds `T·chunk`.
-            unsafe { avx512::tap_rows(src, offs, wq, ow, rows, packed, epilogue, outs, panel, chunk) };
+            unsafe {
+                if packed.oc == WIDE_OC {
+                    avx512::tap_rows::<WIDE_OC, WIDE_NV>(src, offs, wq, ow, rows, packed, epilogue, outs, panel, chunk)
+                } else {
+                    avx512::tap_rows::<NARROW_OC, NARROW_NV>(src, offs, wq, ow, rows, packed, epilogue, outs, panel, chunk)
+                }
+            };
             return true;
         }
     }
@@ -206,18 +233,19 @@ mod avx512 {
 
     use rayon::prelude::*;
 
-    use super::{ConvGeometry, Epilogue, NV, OC, PX, Packed};
+    use super::{ConvGeometry, Epilogue, Packed};
     use crate::ops::cpu_kernels::SendPtr;
 
-    pub fn run(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+    pub fn run<const OC: usize, const NV: usize>(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+        let px = 16 * NV;
         let [n, c, h, wd] = g.input;
         let [_, m, oh, ow] = g.output;
         let [kh, kw] = g.kernel;
         let [ph, pw] = g.pad;
         let taps = kh * kw;
-        let blocks = ow.div_ceil(PX);
+        let blocks = ow.div_ceil(px);
         // Padded rows: every tap of every output row; padded width: every position of every block.
-        let (hp, wp) = (oh + kh - 1, blocks * PX + kw - 1);
+        let (hp, wp) = (oh + kh - 1, blocks * px + kw - 1);
         // Weights as [M/OC][kh][C][kw][OC], zeros past M, so a block's broadcasts read in order.
         let mblocks = m.div_ceil(OC);
         let mut wk = vec![0f32; mblocks * c * taps * OC];
@@ -253,14 +281,14 @@ mod avx512 {
                     let init: [f32; OC] = std::array::from_fn(|o| bias.and_then(|b| b.get(mb * OC + o)).copied().unwrap_or(0.0));
                     let channels = OC.min(m - mb * OC);
                     for xb in 0..blocks {
-                        let x0 = xb * PX;
-                        let valid = PX.min(ow - x0);
+                        let x0 = xb * px;
+                        let valid = px.min(ow - x0);
                         // SAFETY: loads stay inside `xpad` (rows `oy..oy + kh` < hp, columns
-                        // `x0 + kj .. x0 + kj + PX` ≤ wp) and `wk`'s block `mb`; stores write
+                        // `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores write
                         // `valid` floats of row `oy` of channels `mb·OC ..` of image `img`, which
                         // only this task writes.
                         unsafe {
-                            let acc = block(xpad.as_ptr().add(oy * c * wp + x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
+                            let acc = block::<OC, NV>(xpad.as_ptr().add(oy * c * wp + x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
                             for (o, v) in acc.iter().enumerate().take(channels) {
                                 let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + oy) * ow + x0);
                                 store(dst, v, valid);
@@ -281,7 +309,7 @@ mod avx512 {
     /// See the caller.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tap_rows(
+    pub unsafe fn tap_rows<const OC: usize, const NV: usize>(
         src: &[f32],
         offs: &[usize],
         wq: usize,
@@ -293,9 +321,9 @@ mod avx512 {
         panel: &mut [f32],
         chunk: usize,
     ) {
-        let (m, taps) = (packed.m, packed.taps);
+        let (m, taps, px) = (packed.m, packed.taps, 16 * NV);
         let masks = |x0: usize| -> [u16; NV] {
-            let valid = PX.min(ow - x0);
+            let valid = px.min(ow - x0);
             std::array::from_fn(|i| match valid.saturating_sub(16 * i) {
                 0 => 0,
                 v if v >= 16 => 0xffff,
@@ -304,7 +332,7 @@ mod avx512 {
         };
         for oy in rows {
             for c0 in (0..ow).step_by(chunk) {
-                let blocks = (c0..ow.min(c0 + chunk)).step_by(PX);
+                let blocks = (c0..ow.min(c0 + chunk)).step_by(px);
                 for (b, x0) in blocks.clone().enumerate() {
                     let (masks, at) = (masks(x0), oy * wq + x0);
                     for (t, &o) in offs.iter().enumerate() {
@@ -313,7 +341,7 @@ mod avx512 {
                             // panel holds `T·chunk` floats.
                             unsafe {
                                 let v = _mm512_maskz_loadu_ps(masks[i], src.as_ptr().add(o + at + 16 * i));
-                                _mm512_storeu_ps(panel.as_mut_ptr().add((b * taps + t) * PX + 16 * i), v);
+                                _mm512_storeu_ps(panel.as_mut_ptr().add((b * taps + t) * px + 16 * i), v);
                             }
                         }
                     }
@@ -321,10 +349,10 @@ mod avx512 {
                 for mb in 0..m.div_ceil(OC) {
                     let w = &packed.weights[mb * taps * OC..(mb + 1) * taps * OC];
                     for (b, x0) in blocks.clone().enumerate() {
-                        let block = &panel[b * taps * PX..(b + 1) * taps * PX];
+                        let block = &panel[b * taps * px..(b + 1) * taps * px];
                         let mut acc: [[__m512; NV]; OC] = std::array::from_fn(|o| [_mm512_set1_ps(packed.bias[mb * OC + o]); NV]);
-                        for (wrow, v) in w.chunks_exact(OC).zip(block.chunks_exact(PX)) {
-                            // SAFETY: `v` holds PX floats.
+                        for (wrow, v) in w.chunks_exact(OC).zip(block.chunks_exact(px)) {
+                            // SAFETY: `v` holds `px` floats.
                             let v: [__m512; NV] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(v.as_ptr().add(16 * i)) });
                             for (a, &wt) in acc.iter_mut().zip(wrow) {
                                 let b = _mm512_set1_ps(wt);
@@ -414,10 +442,10 @@ mod avx512 {
         }
     }
 
-    /// The OC × PX sums of one block: `x` points at row `oy`, channel 0, column `x0` of the padded
+    /// The OC × 16·NV sums of one block: `x` points at row `oy`, channel 0, column `x0` of the padded
     /// input (channels `wp` floats apart, rows `C·wp`), `w` at the block's packed weights.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block(x: *const f32, wp: usize, c: usize, kh: usize, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; NV]; OC] {
+    unsafe fn block<const OC: usize, const NV: usize>(x: *const f32, wp: usize, c: usize, kh: usize, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; NV]; OC] {
         let mut acc: [[__m512; NV]; OC] = init.map(|b| [_mm512_set1_ps(b); NV]);
         for ki in 0..kh {
             for ci in 0..c {
@@ -444,9 +472,9 @@ mod avx512 {
         acc
     }
 
-    /// Stores the first `valid` of the `PX` floats in `v` at `dst`.
+    /// Stores the first `valid` of the `16·NV` floats in `v` at `dst`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store(dst: *mut f32, v: &[__m512; NV], valid: usize) {
+    unsafe fn store<const NV: usize>(dst: *mut f32, v: &[__m512; NV], valid: usize) {
         for (i, &x) in v.iter().enumerate().take(valid.div_ceil(16)) {
             let n = valid - 16 * i;
             let mask = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
@@ -464,9 +492,16 @@ mod tests {
     /// both stay tested on any machine.
     #[test]
     fn direct_conv_matches_gemm_per_tap() {
+        // Narrow rows (the 8 × 32 block) and wide ones (4 × 64), both with a partial last block.
+        for w in [37, 71] {
+            direct_conv_case(w);
+        }
+    }
+
+    fn direct_conv_case(w: usize) {
         let g = ConvGeometry {
-            input: [2, 64, 9, 37],
-            output: [2, 11, 9, 36],
+            input: [2, 64, 9, w],
+            output: [2, 11, 9, w - 1],
             kernel: [3, 2],
             stride: [1, 1],
             dilation: [1, 1],
@@ -482,8 +517,8 @@ mod tests {
                 })
                 .collect()
         };
-        let (xs, ws, bias) = (rand(2 * 64 * 9 * 37), rand(11 * 64 * 3 * 2), rand(11));
-        let len = 2 * 11 * 9 * 36;
+        let (xs, ws, bias) = (rand(2 * 64 * 9 * w), rand(11 * 64 * 3 * 2), rand(11));
+        let len = 2 * 11 * 9 * (w - 1);
         let mut want = vec![0f32; len];
         super::super::cpu_kernels::shifted_taps(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut want, &g);
         let mut got = vec![0f32; len];

@@ -407,6 +407,11 @@ const DEPTHWISE_MASKED_PLANE: usize = 512;
 /// each tap's gemm is too shallow to beat im2col's one deep gemm).
 const TAP_GEMM_CHANNELS: usize = 64;
 
+/// Stride-1 convolutions with at least this many input channels run as `avx512::conv` where the
+/// CPU has AVX-512, which sums in registers however shallow the input: LinkNet's 32 → 32 3×3
+/// head conv at 512×512, 18.4 ms as im2col + gemm.
+const DIRECT_CHANNELS: usize = 16;
+
 /// 1×1 convolutions over at most this many input channels run as `avx512::pointwise` where
 /// the CPU has AVX-512: a gemm this shallow runs at half speed (MobileNet's expansions: 48 → 288
 /// channels at 32×32, 0.32 → 0.17 ms; 40 → 240, 0.28 → 0.13). Deeper ones keep the gemm, which at
@@ -567,12 +572,11 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
             taps if taps.is_empty() => batched(xs, ws, bs, epilogue, &mut out, g),
             taps => batched_rows(xs, ws, bs, epilogue, &mut out, g, &taps),
         }
+    } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= DIRECT_CHANNELS && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g) {
+        // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
+        // that way than as one gemm).
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
-        // The register-blocked direct convolution where the CPU has AVX-512 (1×1 convs measured
-        // slower that way than as one gemm), else one gemm per tap.
-        if !super::avx512::conv(xs, ws, bs, epilogue, &mut out, g) {
-            shifted_taps(xs, ws, bs, epilogue, &mut out, g);
-        }
+        shifted_taps(xs, ws, bs, epilogue, &mut out, g);
     } else {
         grouped(xs, ws, bs, epilogue, &mut out, g);
     }
@@ -1322,7 +1326,7 @@ fn small_dense(
     // Every channel register-blocked over wide rows where the CPU has AVX-512; else four
     // channels per pass, the rest one at a time.
     if ow >= WIDE_ROW {
-        let packed = super::avx512::Packed::new(ws, bias, outs.len(), taps);
+        let packed = super::avx512::Packed::new(ws, bias, outs.len(), taps, ow);
         if super::avx512::tap_rows(phases, &offs, wq, ow, 0..oh, &packed, epilogue, outs, acc) {
             return;
         }

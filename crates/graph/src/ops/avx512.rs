@@ -13,12 +13,13 @@
 
 use super::cpu_kernels::{ConvGeometry, Epilogue};
 
-/// Register blocks: output channels × output positions (in AVX-512 vectors). Rows of at least
-/// `WIDE` positions take 4 × 64, narrower ones 8 × 32; both hold 16 sums. The wide block needs
-/// one broadcast weight per four multiply-adds instead of one per two, which on CPUs with two
-/// 512-bit FMA units is what limits the narrow one (LinkNet's 3×3 convs at 256×256, 13.1 →
-/// 11.9 ms; its 7×7 stem 18.8 → 13.8); on 32-wide rows it would leave half its lanes idle
-/// (ResNet's last stage at 1024×1024: 14.4 → 23.5 ms).
+/// Register blocks: output channels × output positions (in AVX-512 vectors), 16 sums. Rows of
+/// at least `WIDE` positions take 4 × 64, which needs one broadcast weight per four multiply-adds
+/// instead of one per two as 8 × 32 does: on CPUs with two 512-bit FMA units the broadcasts
+/// are what limits the latter (LinkNet's 3×3 convs at 256×256, 13.1 → 11.9 ms; its 7×7 stem
+/// 18.8 → 13.8). On narrower rows 4 × 64 would leave half its lanes idle (ResNet's last stage
+/// at 1024×1024, 32 wide: 14.4 → 23.5 ms), so [`conv`] spreads its four vectors over two or four
+/// rows and [`tap_rows`] keeps 8 × 32.
 const WIDE: usize = 64;
 const WIDE_OC: usize = 4;
 const WIDE_NV: usize = 4;
@@ -35,10 +36,11 @@ const MAX_CHUNK_BLOCKS: usize = 16;
 pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
-        if g.output[3] >= WIDE {
-            avx512::run::<WIDE_OC, WIDE_NV>(xs, ws, bias, epilogue, out, g);
-        } else {
-            avx512::run::<NARROW_OC, NARROW_NV>(xs, ws, bias, epilogue, out, g);
+        // Four channels × four vectors of positions, the vectors on one, two or four output rows.
+        match g.output[3] {
+            w if w >= WIDE => avx512::run::<4, 4, 1>(xs, ws, bias, epilogue, out, g),
+            w if w > 16 => avx512::run::<4, 4, 2>(xs, ws, bias, epilogue, out, g),
+            _ => avx512::run::<4, 4, 4>(xs, ws, bias, epilogue, out, g),
         }
         return true;
     }
@@ -236,16 +238,22 @@ mod avx512 {
     use super::{ConvGeometry, Epilogue, Packed};
     use crate::ops::cpu_kernels::SendPtr;
 
-    pub fn run<const OC: usize, const NV: usize>(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
-        let px = 16 * NV;
+    /// Sums `OC` output channels × `V` vectors of positions in registers, the vectors on `R`
+    /// consecutive output rows (`16·V/R` positions each): on rows narrower than the block, two or
+    /// four rows share each weight broadcast.
+    pub fn run<const OC: usize, const V: usize, const R: usize>(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) {
+        let px = 16 * V / R;
         let [n, c, h, wd] = g.input;
         let [_, m, oh, ow] = g.output;
         let [kh, kw] = g.kernel;
         let [ph, pw] = g.pad;
         let taps = kh * kw;
         let blocks = ow.div_ceil(px);
-        // Padded rows: every tap of every output row; padded width: every position of every block.
-        let (hp, wp) = (oh + kh - 1, blocks * px + kw - 1);
+        // Padded rows: every tap of every output row, rounded up to whole groups of `R` (the rows
+        // past `oh` are computed from zeros and dropped); padded width: every position of every
+        // block.
+        let groups = oh.div_ceil(R);
+        let (hp, wp) = (groups * R + kh - 1, blocks * px + kw - 1);
         // Weights as [M/OC][kh][C][kw][OC], zeros past M, so a block's broadcasts read in order.
         let mblocks = m.div_ceil(OC);
         let mut wk = vec![0f32; mblocks * c * taps * OC];
@@ -261,7 +269,7 @@ mod avx512 {
         // The padded input as [Hp][C][Wp]: a block walks the channels of a row at a constant stride
         // the prefetchers follow (as [C][Hp][Wp] the channels are a plane apart and it stalls).
         let mut xpad = vec![0f32; hp * c * wp];
-        // Each task writes its own output row of every channel.
+        // Each task writes its own group of output rows of every channel.
         let out_ptr = SendPtr(out.as_mut_ptr());
         for img in 0..n {
             let x = &xs[img * c * h * wd..(img + 1) * c * h * wd];
@@ -276,24 +284,27 @@ mod avx512 {
             });
             let xpad = &xpad;
             let wk = &wk;
-            (0..oh).into_par_iter().for_each(|oy| {
+            (0..groups).into_par_iter().for_each(|group| {
+                let oy = group * R;
                 for mb in 0..mblocks {
                     let init: [f32; OC] = std::array::from_fn(|o| bias.and_then(|b| b.get(mb * OC + o)).copied().unwrap_or(0.0));
                     let channels = OC.min(m - mb * OC);
                     for xb in 0..blocks {
                         let x0 = xb * px;
                         let valid = px.min(ow - x0);
-                        // SAFETY: loads stay inside `xpad` (rows `oy..oy + kh` < hp, columns
-                        // `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores write
-                        // `valid` floats of row `oy` of channels `mb·OC ..` of image `img`, which
-                        // only this task writes.
+                        // SAFETY: loads stay inside `xpad` (rows `oy..oy + R + kh - 1` ≤ hp,
+                        // columns `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores
+                        // write `valid` floats of rows `oy..` (those below `oh`) of channels
+                        // `mb·OC ..` of image `img`, which only this task writes.
                         unsafe {
-                            let acc = block::<OC, NV>(xpad.as_ptr().add(oy * c * wp + x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
+                            let acc = block::<OC, V, R>(xpad.as_ptr().add(oy * c * wp + x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
                             for (o, v) in acc.iter().enumerate().take(channels) {
-                                let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + oy) * ow + x0);
-                                store(dst, v, valid);
-                                if let Some(e) = epilogue {
-                                    e.apply(std::slice::from_raw_parts_mut(dst, valid));
+                                for (r, row) in v.chunks_exact(V / R).enumerate().take(oh - oy) {
+                                    let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + oy + r) * ow + x0);
+                                    store(dst, row, valid);
+                                    if let Some(e) = epilogue {
+                                        e.apply(std::slice::from_raw_parts_mut(dst, valid));
+                                    }
                                 }
                             }
                         }
@@ -442,27 +453,32 @@ mod avx512 {
         }
     }
 
-    /// The OC × 16·NV sums of one block: `x` points at row `oy`, channel 0, column `x0` of the padded
-    /// input (channels `wp` floats apart, rows `C·wp`), `w` at the block's packed weights.
+    /// The OC × V vectors of sums of one block (`V/R` vectors on each of `R` rows): `x` points at
+    /// row `oy`, channel 0, column `x0` of the padded input (channels `wp` floats apart, rows
+    /// `C·wp`), `w` at the block's packed weights.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block<const OC: usize, const NV: usize>(x: *const f32, wp: usize, c: usize, kh: usize, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; NV]; OC] {
-        let mut acc: [[__m512; NV]; OC] = init.map(|b| [_mm512_set1_ps(b); NV]);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const OC: usize, const V: usize, const R: usize>(x: *const f32, wp: usize, c: usize, kh: usize, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; V]; OC] {
+        let nv = V / R;
+        let mut acc: [[__m512; V]; OC] = init.map(|b| [_mm512_set1_ps(b); V]);
         for ki in 0..kh {
             for ci in 0..c {
                 // SAFETY: inside the caller's bounds (see `run`).
-                let row = unsafe { x.add((ki * c + ci) * wp) };
+                let rows: [*const f32; R] = std::array::from_fn(|r| unsafe { x.add(((ki + r) * c + ci) * wp) });
                 let wrow = unsafe { w.add((ki * c + ci) * kw * OC) };
-                // The row four channels on, whose stride the hardware prefetchers follow late.
-                let ahead = row.wrapping_add(4 * wp);
-                for i in 0..=NV {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * i) as *const i8);
+                // The rows four channels on, whose stride the hardware prefetchers follow late.
+                for row in rows {
+                    let ahead = row.wrapping_add(4 * wp);
+                    for i in 0..=nv {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * i) as *const i8);
+                    }
                 }
                 for kj in 0..kw {
-                    let v: [__m512; NV] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(row.add(kj + 16 * i)) });
+                    let v: [__m512; V] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i / nv].add(kj + 16 * (i % nv))) });
                     let wt = unsafe { wrow.add(kj * OC) };
                     for (o, a) in acc.iter_mut().enumerate() {
                         let b = _mm512_set1_ps(unsafe { *wt.add(o) });
-                        for i in 0..NV {
+                        for i in 0..V {
                             a[i] = _mm512_fmadd_ps(b, v[i], a[i]);
                         }
                     }
@@ -472,9 +488,9 @@ mod avx512 {
         acc
     }
 
-    /// Stores the first `valid` of the `16·NV` floats in `v` at `dst`.
+    /// Stores the first `valid` of the floats in `v` at `dst`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const NV: usize>(dst: *mut f32, v: &[__m512; NV], valid: usize) {
+    unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize) {
         for (i, &x) in v.iter().enumerate().take(valid.div_ceil(16)) {
             let n = valid - 16 * i;
             let mask = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
@@ -492,8 +508,9 @@ mod tests {
     /// both stay tested on any machine.
     #[test]
     fn direct_conv_matches_gemm_per_tap() {
-        // Narrow rows (the 8 × 32 block) and wide ones (4 × 64), both with a partial last block.
-        for w in [37, 71] {
+        // Rows 64 wide or more (one row per block), 17 to 63 (two) and narrower (four), with a
+        // partial last block and nine rows (a partial last group of rows).
+        for w in [71, 37, 13] {
             direct_conv_case(w);
         }
     }

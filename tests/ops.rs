@@ -39,7 +39,7 @@ fn batchnorm_folds_into_conv() {
 }
 
 /// FAST's RepConv block as docTR exports it: `relu(conv3×3(x) + conv3×1(x) + conv1×3(x) + id(x))`,
-/// `id` a BatchNorm of `x` or a constant, with `stride`. With `keep`, the branches are also graph
+/// `id` a BatchNorm of `x` or a constant (a scalar at stride 1, per channel at stride 2). With `keep`, the branches are also graph
 /// outputs, which must stop the merge.
 fn rep_conv_block(stride: i64, norm: bool, keep: bool) -> OnnxBuilder {
     let mut seed = 11u32;
@@ -65,6 +65,7 @@ fn rep_conv_block(stride: i64, norm: bool, keep: bool) -> OnnxBuilder {
         .init_f32("mean", &[c], &rand(4))
         .init_f32("var", &[c], &rand(4).iter().map(|v| v + 1.0).collect::<Vec<_>>())
         .init_f32("k", &[], &[0.25])
+        .init_f32("kc", &[1, c, 1, 1], &[0.5, -0.25, 0.75, 0.1])
         .node("Conv", &["x", "w33", "b33"], &["c33"], &conv([3, 3], [1, 1, 1, 1]))
         .node("Conv", &["x", "w31", "b31"], &["c31"], &conv([3, 1], [1, 0, 1, 0]))
         .node("Conv", &["x", "w13"], &["c13"], &conv([1, 3], [0, 1, 0, 1]))
@@ -73,7 +74,8 @@ fn rep_conv_block(stride: i64, norm: bool, keep: bool) -> OnnxBuilder {
     b = if norm {
         b.node("BatchNormalization", &["x", "scale", "shift", "mean", "var"], &["id"], &[]).node("Add", &["s2", "id"], &["s3"], &[])
     } else {
-        b.node("Add", &["k", "s2"], &["s3"], &[])
+        // A scalar, or (strided) one value per channel.
+        b.node("Add", &[if stride == 1 { "k" } else { "kc" }, "s2"], &["s3"], &[])
     };
     b = b.node("Relu", &["s3"], &["y"], &[]).output("y", FLOAT, &[1, c, out[0], out[1]]);
     if keep {

@@ -38,9 +38,9 @@ pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilo
     if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
         // Four channels × four vectors of positions, the vectors on one, two or four output rows.
         match g.output[3] {
-            w if w >= WIDE => avx512::run::<4, 4, 1>(xs, ws, bias, epilogue, out, g),
-            w if w > 16 => avx512::run::<4, 4, 2>(xs, ws, bias, epilogue, out, g),
-            _ => avx512::run::<4, 4, 4>(xs, ws, bias, epilogue, out, g),
+            w if w >= WIDE => avx512::run::<WIDE_OC, WIDE_NV, 1>(xs, ws, bias, epilogue, out, g),
+            w if w > 16 => avx512::run::<WIDE_OC, WIDE_NV, 2>(xs, ws, bias, epilogue, out, g),
+            _ => avx512::run::<WIDE_OC, WIDE_NV, 4>(xs, ws, bias, epilogue, out, g),
         }
         return true;
     }
@@ -188,10 +188,10 @@ impl Packed {
 
 /// `outs[j][oy·ow + x] = epilogue(bias[j] + Σₜ w[j][t] · src[offs[t] + oy·wq + x])` for rows `rows`
 /// and columns `0..ow`: a convolution whose taps read contiguous runs (1×1 convs in NCHW; stems over
-/// their column phases). Thirty-two columns at a time, the taps' runs are copied `[T][32]`, so a
-/// block reads one stream (a 1×1 conv's channels are a plane apart, 4 KB at 32×32, and share L1
-/// sets); each block of `OC` channels sums them in registers and stores each output once, with its
-/// bias and activation, where a gemm `T` deep spends much of its time packing its operands and
+/// their column phases). A register block of columns at a time (32 or 64, see `WIDE`), the taps'
+/// runs are copied `[T][block]`, so a block reads one stream (a 1×1 conv's channels are a plane
+/// apart, 4 KB at 32×32, and share L1 sets); each block of `OC` channels sums them in registers
+/// and stores each output once, with its bias and activation, where a gemm `T` deep spends much of its time packing its operands and
 /// passing over its output. False (nothing written) without AVX-512 or if a read or write would
 /// fall outside `src` or `outs`.
 #[allow(clippy::too_many_arguments)]

@@ -89,12 +89,14 @@ fn merge_round(g: &mut Subgraph, protected: &[String]) -> usize {
     };
     let term = |v: &str, x: &str, m: usize| -> Option<Term> {
         if let Some(c) = init.get(v) {
-            let values = c.as_slice::<f32>().ok()?;
-            let dims: Vec<usize> = c.shape().iter().copied().filter(|&d| d != 1).collect();
-            let per_channel = c.shape().len() >= 3 && c.shape()[c.shape().len() - 2..] == [1, 1];
+            // A scalar, or one value per channel (`[M, 1, 1]`, `[1, M, 1, 1]`); of rank ≤ 4, so
+            // the sum keeps the conv's shape.
+            let (values, shape) = (c.as_slice::<f32>().ok()?, c.shape());
+            let rank = shape.len();
+            let per_channel = (3..=4).contains(&rank) && shape[rank - 3] == m && shape.iter().product::<usize>() == m;
             return match values.len() {
-                1 => Some(Term::Bias(vec![values[0]; m])),
-                n if n == m && dims == [m] && per_channel => Some(Term::Bias(values.to_vec())),
+                1 if rank <= 4 => Some(Term::Bias(vec![values[0]; m])),
+                _ if per_channel => Some(Term::Bias(values.to_vec())),
                 _ => None,
             };
         }

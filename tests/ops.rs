@@ -39,17 +39,14 @@ fn batchnorm_folds_into_conv() {
 }
 
 /// FAST's RepConv block as docTR exports it: `relu(conv3×3(x) + conv3×1(x) + conv1×3(x) + id(x))`,
-/// `id` a BatchNorm of `x` or a constant (a scalar at stride 1, per channel at stride 2). With `keep`, the branches are also graph
-/// outputs, which must stop the merge.
+/// `id` a BatchNorm of `x` or a constant (a scalar at stride 1, per channel at stride 2). With
+/// `keep`, the branches are also graph outputs, which must stop the merge.
 fn rep_conv_block(stride: i64, norm: bool, keep: bool) -> OnnxBuilder {
-    let mut seed = 11u32;
+    // Deterministic values in (-0.5, 0.5), different for each tensor.
+    let mut tensor = 0;
     let mut rand = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
+        tensor += 1;
+        (0..n).map(|i| ((i * 7 + tensor * 13) as f32 * 0.7).sin() * 0.5).collect()
     };
     let conv = |k: [i64; 2], pads: [i64; 4]| vec![("kernel_shape", A::Ints(k.to_vec())), ("pads", A::Ints(pads.to_vec())), ("strides", A::Ints(vec![stride, stride]))];
     let (c, out) = (4, if stride == 1 { [7, 6] } else { [4, 3] });

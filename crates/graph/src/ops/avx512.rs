@@ -3,8 +3,9 @@
 //! values into sixteen accumulators (8 rows × 32 columns of the result; 6 × 64 measured no
 //! faster), so the FMA units rather than the loads set the pace, and each result is stored once.
 //! - [`conv`]: stride-1 dense convolutions over many channels (DB's 3×3 FPN and head convs: 256 →
-//!   64 channels at 256×256, 19 GFLOP each), the input copied once zero-padded instead of once per
-//!   tap as the gemm-per-tap route packs it (DB's two big convs 56 → 47 ms each).
+//!   64 channels at 256×256, 19 GFLOP each), each group of output rows zero-padding the input rows
+//!   it reads once instead of once per tap as the gemm-per-tap route packs them (DB's two big
+//!   convs 56 → 47 ms each).
 //! - [`tap_rows`]: convolutions whose taps read contiguous runs: shallow 1×1 convs and image stems.
 //! - [`depthwise_masked`]: depthwise convolutions over small planes, as masked loads straight
 //!   from the input (or its row phases).
@@ -249,11 +250,10 @@ mod avx512 {
         let [ph, pw] = g.pad;
         let taps = kh * kw;
         let blocks = ow.div_ceil(px);
-        // Padded rows: every tap of every output row, rounded up to whole groups of `R` (the rows
-        // past `oh` are computed from zeros and dropped); padded width: every position of every
-        // block.
+        // Groups of `R` output rows (rows past `oh` are computed from zeros and dropped); padded
+        // width: every position of every block.
         let groups = oh.div_ceil(R);
-        let (hp, wp) = (groups * R + kh - 1, blocks * px + kw - 1);
+        let wp = blocks * px + kw - 1;
         // Weights as [M/OC][kh][C][kw][OC], zeros past M, so a block's broadcasts read in order.
         let mblocks = m.div_ceil(OC);
         let mut wk = vec![0f32; mblocks * c * taps * OC];
@@ -266,52 +266,53 @@ mod avx512 {
                 }
             }
         }
-        // The padded input as [Hp][C][Wp]: a block walks the channels of a row at a constant stride
-        // the prefetchers follow (as [C][Hp][Wp] the channels are a plane apart and it stalls).
-        let mut xpad = vec![0f32; hp * c * wp];
-        // Each task writes its own group of output rows of every channel.
+        // Each task pads the input rows its group of `R` output rows reads into its own slab,
+        // [R + kh - 1][C][Wp]: a block walks the channels of a row at a constant stride the
+        // prefetchers follow (as [C][rows][Wp] the channels are a plane apart and it stalls). One
+        // parallel loop over every image's groups: per-image loops spent a fork and join on each.
+        let slab_rows = R + kh - 1;
+        let wk = &wk;
+        // Each task writes its own group of output rows of every channel of its image.
         let out_ptr = SendPtr(out.as_mut_ptr());
-        for img in 0..n {
+        (0..n * groups).into_par_iter().for_each_init(Vec::new, |slab: &mut Vec<f32>, task| {
+            let (img, group) = (task / groups, task % groups);
             let x = &xs[img * c * h * wd..(img + 1) * c * h * wd];
-            xpad.par_chunks_mut(c * wp).enumerate().for_each(|(r, rows)| {
-                rows.fill(0.0);
-                let Some(ir) = (r as isize - ph as isize).try_into().ok().filter(|&ir: &usize| ir < h) else { return };
-                // The input columns the taps reach.
-                let cols = wd.min(wp - pw);
+            let oy = group * R;
+            slab.clear();
+            slab.resize(slab_rows * c * wp, 0.0);
+            // The input columns the taps reach.
+            let cols = wd.min(wp - pw);
+            for (sr, rows) in slab.chunks_mut(c * wp).enumerate() {
+                let Some(ir) = (oy + sr).checked_sub(ph).filter(|&ir| ir < h) else { continue };
                 for (ci, row) in rows.chunks_mut(wp).enumerate() {
                     row[pw..pw + cols].copy_from_slice(&x[(ci * h + ir) * wd..(ci * h + ir) * wd + cols]);
                 }
-            });
-            let xpad = &xpad;
-            let wk = &wk;
-            (0..groups).into_par_iter().for_each(|group| {
-                let oy = group * R;
-                for mb in 0..mblocks {
-                    let init: [f32; OC] = std::array::from_fn(|o| bias.and_then(|b| b.get(mb * OC + o)).copied().unwrap_or(0.0));
-                    let channels = OC.min(m - mb * OC);
-                    for xb in 0..blocks {
-                        let x0 = xb * px;
-                        let valid = px.min(ow - x0);
-                        // SAFETY: loads stay inside `xpad` (rows `oy..oy + R + kh - 1` ≤ hp,
-                        // columns `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores
-                        // write `valid` floats of rows `oy..` (those below `oh`) of channels
-                        // `mb·OC ..` of image `img`, which only this task writes.
-                        unsafe {
-                            let acc = block::<OC, V, R>(xpad.as_ptr().add(oy * c * wp + x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
-                            for (o, v) in acc.iter().enumerate().take(channels) {
-                                for (r, row) in v.chunks_exact(V / R).enumerate().take(oh - oy) {
-                                    let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + oy + r) * ow + x0);
-                                    store(dst, row, valid);
-                                    if let Some(e) = epilogue {
-                                        e.apply(std::slice::from_raw_parts_mut(dst, valid));
-                                    }
+            }
+            for mb in 0..mblocks {
+                let init: [f32; OC] = std::array::from_fn(|o| bias.and_then(|b| b.get(mb * OC + o)).copied().unwrap_or(0.0));
+                let channels = OC.min(m - mb * OC);
+                for xb in 0..blocks {
+                    let x0 = xb * px;
+                    let valid = px.min(ow - x0);
+                    // SAFETY: loads stay inside the slab (rows `0..R + kh - 1`, columns
+                    // `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores write `valid`
+                    // floats of rows `oy..` (those below `oh`) of channels `mb·OC ..` of image
+                    // `img`, which only this task writes.
+                    unsafe {
+                        let acc = block::<OC, V, R>(slab.as_ptr().add(x0), wp, c, kh, kw, wk.as_ptr().add(mb * c * taps * OC), init);
+                        for (o, v) in acc.iter().enumerate().take(channels) {
+                            for (r, row) in v.chunks_exact(V / R).enumerate().take(oh - oy) {
+                                let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + oy + r) * ow + x0);
+                                store(dst, row, valid);
+                                if let Some(e) = epilogue {
+                                    e.apply(std::slice::from_raw_parts_mut(dst, valid));
                                 }
                             }
                         }
                     }
                 }
-            });
-        }
+            }
+        });
     }
 
     /// [`super::tap_rows`] once its bounds are checked.

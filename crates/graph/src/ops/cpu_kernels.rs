@@ -566,6 +566,16 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
                 (0..m).map(|j| unsafe { std::slice::from_raw_parts_mut(op.get().add(at(j)), rows.len() * ow) }).collect();
             small_dense(xs, ws, bs, epilogue, g, img, rows, &mut outs, scratch)
         });
+    } else if g.groups == 1
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.kernel != [1, 1]
+        && c >= DIRECT_CHANNELS
+        && (n == 1 || oh * ow >= SMALL_PLANE || super::avx512::fills_lanes(ow))
+        && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g)
+    {
+        // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
+        // that way than as one gemm; small planes whose rows leave lanes idle too).
     } else if g.groups == 1 && n > 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && (PER_IMAGE_PLANE..SMALL_PLANE).contains(&(oh * ow)) {
         pointwise_per_image(xs, ws, bs, epilogue, &mut out, g);
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
@@ -573,9 +583,6 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
             taps if taps.is_empty() => batched(xs, ws, bs, epilogue, &mut out, g),
             taps => batched_rows(xs, ws, bs, epilogue, &mut out, g, &taps),
         }
-    } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= DIRECT_CHANNELS && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g) {
-        // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
-        // that way than as one gemm).
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
         shifted_taps(xs, ws, bs, epilogue, &mut out, g);
     } else {

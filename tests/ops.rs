@@ -139,18 +139,23 @@ fn slice_with_negative_step_reverses() {
 
 #[test]
 fn gemm_and_matmul_broadcast() {
-    // Gemm with transB: y = x·wᵀ + b; then a batched MatMul against a 2-D weight.
+    // Gemm with transB: y = x·wᵀ + b; then a batched MatMul against a 2-D weight. A second Gemm
+    // shares `w`: both read the one [K, N] copy the load makes of it.
     let b = OnnxBuilder::new(17)
         .input("x", FLOAT, &[2, 3])
         .init_f32("w", &[2, 3], &[1., 0., 0., 0., 1., 1.])
         .init_f32("b", &[2], &[10., 20.])
         .init_f32("m", &[2, 1], &[1., -1.])
         .node("Gemm", &["x", "w", "b"], &["g"], &[("transB", A::Int(1))])
+        .node("Gemm", &["x", "w"], &["g2"], &[("transB", A::Int(1)), ("alpha", A::Float(2.0))])
         .node("MatMul", &["g", "m"], &["y"], &[])
-        .output("y", FLOAT, &[2, 1]);
-    let (out, _, _) = run(b, TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], vec![2, 3]));
+        .output("y", FLOAT, &[2, 1])
+        .output("g2", FLOAT, &[2, 2]);
+    let (out, g, _) = run(b, TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], vec![2, 3]));
+    assert_eq!(g.load_stats().gemm_weights_transposed, 2);
     // rows: [1+10, 5+20] → 11−25 = −14 ; [4+10, 11+20] → 14−31 = −17
     assert_eq!(floats(&out[0]), vec![-14.0, -17.0]);
+    assert_eq!(floats(&out[1]), vec![2.0, 10.0, 8.0, 22.0]);
 }
 
 #[test]

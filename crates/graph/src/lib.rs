@@ -49,6 +49,8 @@ pub struct LoadStats {
     /// Adds of a conv and another conv of its input (or a BatchNorm of it, or a constant) merged
     /// into the conv (FAST's RepConv branches).
     pub conv_branches_merged: usize,
+    /// Gemms that read their constant weights transposed, given a `[K, N]` copy instead.
+    pub gemm_weights_transposed: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -92,6 +94,7 @@ impl Graph {
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
+        let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
@@ -100,6 +103,7 @@ impl Graph {
             nodes: model.graph.nodes.len(),
             batchnorms_folded,
             conv_branches_merged,
+            gemm_weights_transposed,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -8,6 +8,7 @@ mod merge_conv_branches;
 mod promote_constants;
 mod prune;
 mod specialize;
+mod transpose_gemm_weights;
 
 pub use dedupe_nodes::dedupe_nodes;
 pub use fold_batchnorm::fold_batchnorm;
@@ -17,6 +18,7 @@ pub use promote_constants::promote_constants;
 pub use prune::prune_initializers;
 pub(crate) use specialize::run_guarded;
 pub use specialize::{Program, specialize};
+pub use transpose_gemm_weights::transpose_gemm_weights;
 
 use std::sync::Arc;
 

@@ -1418,11 +1418,14 @@ impl SendPtr {
     }
 }
 
-/// An LSTM's weights for [`lstm`] (ONNX's gate order i, o, f, c).
+/// An LSTM's weights for [`lstm`] (ONNX's gate order i, o, f, c), transposed: the gemm packs a
+/// row-major right operand about twice as fast as a transposed view (SAR's encoder LSTMs at batch
+/// 64, 44 → 20 ms each).
 pub struct LstmWeights {
-    /// Every direction's `W [4H, I]`, stacked: one gemm projects the input for all of them.
+    /// Every direction's `Wᵀ [I, 4H]`, side by side `[I, D·4H]`: one gemm projects the input for
+    /// all of them.
     pub w: Vec<f32>,
-    /// Per direction: `R [4H, H]`, the summed biases `Wb + Rb [4H]`, and whether it runs backward.
+    /// Per direction: `Rᵀ [H, 4H]`, the summed biases `Wb + Rb [4H]`, and whether it runs backward.
     pub dirs: Vec<(Vec<f32>, Vec<f32>, bool)>,
 }
 
@@ -1476,11 +1479,11 @@ pub fn lstm(
     let threads = rayon::current_num_threads();
     // Gates `[S·N, D·4H]` = x · Wᵀ, every direction side by side in a row.
     let mut gates = vec![0f32; seq * batch * gw];
-    // SAFETY: x `[S·N, I]` row-major, W row-major `[D·4H, I]` read as Wᵀ; all in bounds.
+    // SAFETY: x `[S·N, I]` and Wᵀ `[I, D·4H]` row-major; all in bounds.
     unsafe {
         gemm::gemm(
             seq * batch, gw, input, gates.as_mut_ptr(), 1, gw as isize, false, xs.as_ptr(), 1, input as isize,
-            weights.w.as_ptr(), input as isize, 1, 0.0f32, 1.0f32, false, false, false,
+            weights.w.as_ptr(), 1, gw as isize, 0.0f32, 1.0f32, false, false, false,
             gemm::Parallelism::Rayon(threads),
         );
     }
@@ -1508,12 +1511,12 @@ pub fn lstm(
         };
         for s in 0..seq {
             let t = if *backward { seq - 1 - s } else { s };
-            // SAFETY: as above; step rows `[n, 4H]` (`D·4H` apart) += h `[n, H]` · Rᵀ (R row-major `[4H, H]`).
+            // SAFETY: as above; step rows `[n, 4H]` (`D·4H` apart) += h `[n, H]` · Rᵀ (row-major `[H, 4H]`).
             let step = unsafe { gp.get().add((t * batch + b0) * gw + d * g) };
             unsafe {
                 gemm::gemm(
                     n, g, hidden, step, 1, gw as isize, true, h.as_ptr(), 1, hidden as isize,
-                    r.as_ptr(), hidden as isize, 1, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                    r.as_ptr(), 1, g as isize, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
                 );
             }
             for j in 0..n {

@@ -65,14 +65,14 @@ pub fn lower(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         None => vec![0.0; dirs * 2 * g],
     };
     let reverse_only = direction == "reverse";
-    // Host copies for the flex kernel (untransposed, biases summed), with each direction's sense.
+    // Host copies for the flex kernel (transposed, biases summed), with each direction's sense.
     let host = std::sync::Arc::new(LstmWeights {
-        w: wv.clone(),
+        w: transpose(&wv, dirs * g, isz),
         dirs: (0..dirs)
             .map(|d| {
                 let b = &bv[d * 2 * g..(d + 1) * 2 * g];
                 let summed = (0..g).map(|i| b[i] + b[g + i]).collect();
-                (rv[d * g * hidden..(d + 1) * g * hidden].to_vec(), summed, reverse_only || d == 1)
+                (transpose(&rv[d * g * hidden..(d + 1) * g * hidden], g, hidden), summed, reverse_only || d == 1)
             })
             .collect(),
     });

@@ -577,3 +577,39 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod timing_tmp {
+    use super::*;
+    fn best<F: FnMut()>(mut f: F) -> f64 {
+        f();
+        let mut b = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            f();
+            b = b.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        b
+    }
+    #[test]
+    #[ignore]
+    fn shapes() {
+        let list: Vec<(usize, usize, usize, usize)> = if std::env::var_os("CSWEEP").is_some() { vec![(16, 128, 16, 64), (32, 128, 16, 64), (48, 128, 16, 64), (64, 128, 16, 64), (128, 128, 16, 64), (256, 128, 16, 64), (512, 128, 16, 64)] } else { vec![(64, 64, 32, 128), (64, 128, 16, 64), (128, 128, 16, 64), (128, 256, 8, 32), (256, 256, 8, 32), (512,512,4,32)] };
+        for (c, m, h, w) in list {
+            let n = 64;
+            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, h, w], kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pad: [1, 1], groups: 1 };
+            let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i % 7) as f32 * 0.1).collect();
+            let ws: Vec<f32> = (0..m * c * 9).map(|i| (i % 5) as f32 * 0.01).collect();
+            let bs = vec![0.1f32; m];
+            let mut out = vec![0f32; n * m * h * w];
+            let gmac = (n * m * c * 9 * h * w) as f64 / 1e9;
+            let mut line = format!("{c}->{m} {h}x{w}:");
+            macro_rules! v { ($oc:literal, $v:literal, $r:literal) => {
+                let d = best(|| avx512::run::<$oc, $v, $r>(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g, false));
+                line += &format!("  {}x{}/{} {:.0}", $oc, $v, $r, gmac / d * 1e3);
+            } }
+            if std::env::var_os("ONLY").is_some() { continue; }
+            if w >= 64 { v!(4, 4, 1); } else { v!(4, 4, 2); v!(4, 4, 4); }
+            println!("{line}");
+        }
+    }
+}

@@ -1420,7 +1420,7 @@ impl SendPtr {
 
 /// An LSTM's weights for [`lstm`] (ONNX's gate order i, o, f, c), transposed: the gemm packs a
 /// row-major right operand about twice as fast as a transposed view (SAR's encoder LSTMs at batch
-/// 64, 44 → 20 ms each).
+/// 64, 44 → 25 ms each).
 pub struct LstmWeights {
     /// Every direction's `Wᵀ [I, 4H]`, side by side `[I, D·4H]`: one gemm projects the input for
     /// all of them.
@@ -1828,6 +1828,90 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             let fits = fits && std::arch::is_x86_feature_detected!("avx512f");
             assert_eq!(masked, fits, "masked route for {g:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing_tmp {
+    use super::*;
+    fn best<F: FnMut()>(mut f: F) -> f64 {
+        f();
+        let mut b = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            f();
+            b = b.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        b
+    }
+    #[test]
+    #[ignore]
+    fn peak() {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn spin(n: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(0.0); 24];
+            let a = _mm512_set1_ps(1.0001);
+            let b = _mm512_set1_ps(0.999);
+            for _ in 0..n {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(a, *x, b);
+                }
+            }
+            let mut s = acc[0];
+            for x in &acc[1..] { s = _mm512_add_ps(s, *x); }
+            _mm512_reduce_add_ps(s)
+        }
+        let n = 10_000_000usize;
+        let t = std::time::Instant::now();
+        let s: f32 = (0..2).into_par_iter().map(|_| unsafe { spin(n) }).sum();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("peak 2 threads: {:.1} GMAC/s ({s})", (2 * n * 24 * 16) as f64 / ms / 1e6);
+    }
+    #[test]
+    #[ignore]
+    fn vgg() {
+        for (c, m, h, w) in [(256, 256, 8, 8), (512, 512, 4, 4), (128, 128, 8, 25), (128, 128, 8, 12), (256, 256, 6, 40)] {
+            let n = 64;
+            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, h, w], kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pad: [1, 1], groups: 1 };
+            let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i % 7) as f32 * 0.1).collect();
+            let ws: Vec<f32> = (0..m * c * 9).map(|i| (i % 5) as f32 * 0.01).collect();
+            let bs = vec![0.1f32; m];
+            let mut out = vec![0f32; n * m * h * w];
+            let gmac = (n * m * c * 9 * h * w) as f64 / 1e9;
+            let d = best(|| { super::super::avx512::conv(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g); });
+            let taps = row_taps(&g);
+            let b = best(|| if taps.is_empty() { batched(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g) } else { batched_rows(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g, &taps) });
+            println!("{c}->{m} {h}x{w}: direct {d:.2} ms ({:.0} GMAC/s)  gemm {b:.2} ms ({:.0})", gmac / d * 1e3, gmac / b * 1e3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod gemm_tmp {
+    fn best<F: FnMut()>(mut f: F) -> f64 {
+        f();
+        let mut b = f64::MAX;
+        for _ in 0..20 { let t = std::time::Instant::now(); f(); b = b.min(t.elapsed().as_secs_f64() * 1e3); }
+        b
+    }
+    #[test]
+    #[ignore]
+    fn lstm_gemm() {
+        let (m, n, k) = (64usize, 2048usize, 512usize);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.01).collect(); // [n, k]
+        let wt: Vec<f32> = { let mut t = vec![0f32; k * n]; for j in 0..n { for p in 0..k { t[p * n + j] = w[j * k + p]; } } t }; // [k, n]
+        let mut c = vec![0f32; m * n];
+        let gmac = (m * n * k) as f64 / 1e9;
+        for (name, par) in [("rayon2", gemm::Parallelism::Rayon(2)), ("none", gemm::Parallelism::None)] {
+            // rhs transposed view of w: element (p, j) at w[j*k + p] → rhs_cs (col stride, j) = k, rhs_rs (row stride, p) = 1
+            let t1 = best(|| unsafe { gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 1.0f32, 1.0f32, false, false, false, par) });
+            let t2 = best(|| unsafe { gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, wt.as_ptr(), 1, n as isize, 1.0f32, 1.0f32, false, false, false, par) });
+            // transposed problem: C^T [n, m] = W [n,k] · A^T [k, m]
+            let t3 = best(|| unsafe { gemm::gemm(n, m, k, c.as_mut_ptr(), n as isize, 1, false, w.as_ptr(), 1, k as isize, a.as_ptr(), k as isize, 1, 1.0f32, 1.0f32, false, false, false, par) });
+            println!("{name}: rhs as view {t1:.3} ms ({:.0} GMAC/s)  rhs contiguous {t2:.3} ({:.0})  transposed problem {t3:.3} ({:.0})", gmac / t1 * 1e3, gmac / t2 * 1e3, gmac / t3 * 1e3);
         }
     }
 }

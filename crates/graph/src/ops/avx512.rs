@@ -12,7 +12,7 @@
 //!
 //! Other CPUs keep the `gemm` routes in `cpu_kernels`.
 
-use super::cpu_kernels::{ConvGeometry, Epilogue};
+use super::cpu_kernels::{ConvGeometry, Epilogue, PackedWeights};
 
 /// Register blocks: output channels × output positions (in AVX-512 vectors), 16 sums. Rows of
 /// at least `WIDE` positions take 4 × 64, which needs one broadcast weight per four multiply-adds
@@ -33,17 +33,17 @@ const PANEL_FLOATS: usize = 8192;
 const MAX_CHUNK_BLOCKS: usize = 16;
 
 /// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 and undilated;
-/// false leaves it to the caller.
-pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
+/// false leaves it to the caller. `packed` keeps the packed weights across calls.
+pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry, packed: Option<&PackedWeights>) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
         // Four channels × four vectors of positions, the vectors on one, two or four output rows;
         // narrow rows take the same row of two or four images where the batch has them.
         let n = g.input[0];
         match g.output[3] {
-            w if w >= WIDE => avx512::run::<WIDE_OC, WIDE_NV, 1>(xs, ws, bias, epilogue, out, g, false),
-            w if w > 16 => avx512::run::<WIDE_OC, WIDE_NV, 2>(xs, ws, bias, epilogue, out, g, n >= 2),
-            _ => avx512::run::<WIDE_OC, WIDE_NV, 4>(xs, ws, bias, epilogue, out, g, n >= 4),
+            w if w >= WIDE => avx512::run::<WIDE_OC, WIDE_NV, 1>(xs, ws, bias, epilogue, out, g, false, packed),
+            w if w > 16 => avx512::run::<WIDE_OC, WIDE_NV, 2>(xs, ws, bias, epilogue, out, g, n >= 2, packed),
+            _ => avx512::run::<WIDE_OC, WIDE_NV, 4>(xs, ws, bias, epilogue, out, g, n >= 4, packed),
         }
         return true;
     }
@@ -250,15 +250,45 @@ mod avx512 {
 
     use rayon::prelude::*;
 
-    use super::{ConvGeometry, Epilogue, Packed};
+    use super::{ConvGeometry, Epilogue, Packed, PackedWeights};
     use crate::ops::cpu_kernels::SendPtr;
+
+    /// Weights as [M/OC][kh][C][kw][OC], zeros past M, so a block's broadcasts read in order;
+    /// parallel over blocks of channels.
+    fn pack<const OC: usize>(ws: &[f32], g: &ConvGeometry) -> Vec<f32> {
+        let ([_, c, _, _], [_, m, _, _], [kh, kw]) = (g.input, g.output, g.kernel);
+        let block = c * kh * kw * OC;
+        let mut wk = vec![0f32; m.div_ceil(OC) * block];
+        wk.par_chunks_mut(block).enumerate().for_each(|(mb, dst)| {
+            for j in mb * OC..(mb * OC + OC).min(m) {
+                for ci in 0..c {
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            dst[((ki * c + ci) * kw + kj) * OC + j % OC] = ws[((j * c + ci) * kh + ki) * kw + kj];
+                        }
+                    }
+                }
+            }
+        });
+        wk
+    }
 
     /// Sums `OC` output channels × `V` vectors of positions in registers, the vectors on `R`
     /// units (`16·V/R` positions each): `R` consecutive output rows of one image, or with
     /// `across_images` one output row of `R` images. On rows narrower than the block the units
     /// share each weight broadcast; units on one output row share its taps, so the kernel rows that
     /// fall wholly in the padding are skipped (a third of the work at 2 rows, 3×3).
-    pub fn run<const OC: usize, const V: usize, const R: usize>(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry, across_images: bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<const OC: usize, const V: usize, const R: usize>(
+        xs: &[f32],
+        ws: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: Option<Epilogue>,
+        out: &mut [f32],
+        g: &ConvGeometry,
+        across_images: bool,
+        packed: Option<&PackedWeights>,
+    ) {
         let px = 16 * V / R;
         let [n, c, h, wd] = g.input;
         let [_, m, oh, ow] = g.output;
@@ -268,18 +298,15 @@ mod avx512 {
         let blocks = ow.div_ceil(px);
         // Padded width: every position of every block.
         let wp = blocks * px + kw - 1;
-        // Weights as [M/OC][kh][C][kw][OC], zeros past M, so a block's broadcasts read in order.
         let mblocks = m.div_ceil(OC);
-        let mut wk = vec![0f32; mblocks * c * taps * OC];
-        for j in 0..m {
-            for ci in 0..c {
-                for ki in 0..kh {
-                    for kj in 0..kw {
-                        wk[(((j / OC * kh + ki) * c + ci) * kw + kj) * OC + j % OC] = ws[((j * c + ci) * kh + ki) * kw + kj];
-                    }
-                }
+        let fresh;
+        let wk = match packed {
+            Some(p) => p.get_or_pack(|| pack::<OC>(ws, g)),
+            None => {
+                fresh = pack::<OC>(ws, g);
+                &fresh
             }
-        }
+        };
         // A task: `R` rows of one image, or one row of `R` images (units past the last image or
         // row are computed from zeros and dropped).
         let (rows_per_task, images_per_task) = if across_images { (1, R) } else { (R, 1) };
@@ -289,7 +316,6 @@ mod avx512 {
         // [C][rows][Wp] the channels are a plane apart and it stalls). One parallel loop over
         // every task: per-image loops spent a fork and join on each.
         let slab_rows = rows_per_task + kh - 1;
-        let wk = &wk;
         // Each task writes its own rows of every channel of its images.
         let out_ptr = SendPtr(out.as_mut_ptr());
         (0..image_groups * row_groups).into_par_iter().for_each_init(Vec::new, |slab: &mut Vec<f32>, task| {
@@ -570,46 +596,14 @@ mod tests {
         let len = n * 11 * h * (w - 1);
         let mut want = vec![0f32; len];
         super::super::cpu_kernels::shifted_taps(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut want, &g);
-        let mut got = vec![0f32; len];
-        if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g) {
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{n}×{h}×{w}: off by {worst}");
-        }
-    }
-}
-#[cfg(test)]
-mod timing_tmp {
-    use super::*;
-    fn best<F: FnMut()>(mut f: F) -> f64 {
-        f();
-        let mut b = f64::MAX;
-        for _ in 0..5 {
-            let t = std::time::Instant::now();
-            f();
-            b = b.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        b
-    }
-    #[test]
-    #[ignore]
-    fn shapes() {
-        let list: Vec<(usize, usize, usize, usize)> = if std::env::var_os("CSWEEP").is_some() { vec![(16, 128, 16, 64), (32, 128, 16, 64), (48, 128, 16, 64), (64, 128, 16, 64), (128, 128, 16, 64), (256, 128, 16, 64), (512, 128, 16, 64)] } else { vec![(64, 64, 32, 128), (64, 128, 16, 64), (128, 128, 16, 64), (128, 256, 8, 32), (256, 256, 8, 32), (512,512,4,32)] };
-        for (c, m, h, w) in list {
-            let n = 64;
-            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, h, w], kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pad: [1, 1], groups: 1 };
-            let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i % 7) as f32 * 0.1).collect();
-            let ws: Vec<f32> = (0..m * c * 9).map(|i| (i % 5) as f32 * 0.01).collect();
-            let bs = vec![0.1f32; m];
-            let mut out = vec![0f32; n * m * h * w];
-            let gmac = (n * m * c * 9 * h * w) as f64 / 1e9;
-            let mut line = format!("{c}->{m} {h}x{w}:");
-            macro_rules! v { ($oc:literal, $v:literal, $r:literal) => {
-                let d = best(|| avx512::run::<$oc, $v, $r>(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g, false));
-                line += &format!("  {}x{}/{} {:.0}", $oc, $v, $r, gmac / d * 1e3);
-            } }
-            if std::env::var_os("ONLY").is_some() { continue; }
-            if w >= 64 { v!(4, 4, 1); } else { v!(4, 4, 2); v!(4, 4, 4); }
-            println!("{line}");
+        // Weights packed per call, then packed once and kept for a second call.
+        let kept = PackedWeights::default();
+        for packed in [None, Some(&kept), Some(&kept)] {
+            let mut got = vec![0f32; len];
+            if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g, packed) {
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{n}×{h}×{w}: off by {worst}");
+            }
         }
     }
 }

@@ -518,10 +518,23 @@ fn conv_operands<'a>(x: &'a T, w: &'a T, bias: Option<&'a T>) -> Option<(&'a [f3
     Some((flex_slice(x)?, flex_slice(w)?, bias))
 }
 
+/// A conv's weights in a route's packed layout, made on the first forward and kept for the plan's
+/// life, for weights that are constants: packing is a pass over every weight (5 ms for ResNet's
+/// 512-channel 3×3 convs, as long as a third of the conv itself at batch 1).
+#[derive(Default)]
+pub struct PackedWeights(std::sync::OnceLock<Vec<f32>>);
+
+impl PackedWeights {
+    pub(super) fn get_or_pack(&self, pack: impl FnOnce() -> Vec<f32>) -> &[f32] {
+        self.0.get_or_init(pack)
+    }
+}
+
 /// Runs the convolution when `x`, `w` (and `bias`) are contiguous f32 flex tensors; `None` leaves
 /// it to Burn. The bias seeds each output tile before its gemm accumulates into it, and the
 /// epilogue runs on the tile after, while it is still in cache.
-pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilogue: Option<Epilogue>) -> Option<T> {
+/// `packed` caches the weights' packed form across forwards; pass it only for constant weights.
+pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilogue: Option<Epilogue>, packed: Option<&PackedWeights>) -> Option<T> {
     if !enabled() {
         return None;
     }
@@ -572,7 +585,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
         && g.kernel != [1, 1]
         && c >= DIRECT_CHANNELS
         && (n == 1 || oh * ow >= SMALL_PLANE || super::avx512::fills_lanes(ow))
-        && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g)
+        && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g, packed)
     {
         // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
         // that way than as one gemm; small planes whose rows leave lanes idle too).
@@ -1828,90 +1841,6 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             let fits = fits && std::arch::is_x86_feature_detected!("avx512f");
             assert_eq!(masked, fits, "masked route for {g:?}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod timing_tmp {
-    use super::*;
-    fn best<F: FnMut()>(mut f: F) -> f64 {
-        f();
-        let mut b = f64::MAX;
-        for _ in 0..5 {
-            let t = std::time::Instant::now();
-            f();
-            b = b.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        b
-    }
-    #[test]
-    #[ignore]
-    fn peak() {
-        use std::arch::x86_64::*;
-        #[target_feature(enable = "avx512f")]
-        unsafe fn spin(n: usize) -> f32 {
-            let mut acc = [_mm512_set1_ps(0.0); 24];
-            let a = _mm512_set1_ps(1.0001);
-            let b = _mm512_set1_ps(0.999);
-            for _ in 0..n {
-                for x in acc.iter_mut() {
-                    *x = _mm512_fmadd_ps(a, *x, b);
-                }
-            }
-            let mut s = acc[0];
-            for x in &acc[1..] { s = _mm512_add_ps(s, *x); }
-            _mm512_reduce_add_ps(s)
-        }
-        let n = 10_000_000usize;
-        let t = std::time::Instant::now();
-        let s: f32 = (0..2).into_par_iter().map(|_| unsafe { spin(n) }).sum();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        println!("peak 2 threads: {:.1} GMAC/s ({s})", (2 * n * 24 * 16) as f64 / ms / 1e6);
-    }
-    #[test]
-    #[ignore]
-    fn vgg() {
-        for (c, m, h, w) in [(256, 256, 8, 8), (512, 512, 4, 4), (128, 128, 8, 25), (128, 128, 8, 12), (256, 256, 6, 40)] {
-            let n = 64;
-            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, h, w], kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pad: [1, 1], groups: 1 };
-            let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i % 7) as f32 * 0.1).collect();
-            let ws: Vec<f32> = (0..m * c * 9).map(|i| (i % 5) as f32 * 0.01).collect();
-            let bs = vec![0.1f32; m];
-            let mut out = vec![0f32; n * m * h * w];
-            let gmac = (n * m * c * 9 * h * w) as f64 / 1e9;
-            let d = best(|| { super::super::avx512::conv(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g); });
-            let taps = row_taps(&g);
-            let b = best(|| if taps.is_empty() { batched(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g) } else { batched_rows(&xs, &ws, Some(&bs), Some(Epilogue::Relu), &mut out, &g, &taps) });
-            println!("{c}->{m} {h}x{w}: direct {d:.2} ms ({:.0} GMAC/s)  gemm {b:.2} ms ({:.0})", gmac / d * 1e3, gmac / b * 1e3);
-        }
-    }
-}
-
-#[cfg(test)]
-mod gemm_tmp {
-    fn best<F: FnMut()>(mut f: F) -> f64 {
-        f();
-        let mut b = f64::MAX;
-        for _ in 0..20 { let t = std::time::Instant::now(); f(); b = b.min(t.elapsed().as_secs_f64() * 1e3); }
-        b
-    }
-    #[test]
-    #[ignore]
-    fn lstm_gemm() {
-        let (m, n, k) = (64usize, 2048usize, 512usize);
-        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.01).collect(); // [n, k]
-        let wt: Vec<f32> = { let mut t = vec![0f32; k * n]; for j in 0..n { for p in 0..k { t[p * n + j] = w[j * k + p]; } } t }; // [k, n]
-        let mut c = vec![0f32; m * n];
-        let gmac = (m * n * k) as f64 / 1e9;
-        for (name, par) in [("rayon2", gemm::Parallelism::Rayon(2)), ("none", gemm::Parallelism::None)] {
-            // rhs transposed view of w: element (p, j) at w[j*k + p] → rhs_cs (col stride, j) = k, rhs_rs (row stride, p) = 1
-            let t1 = best(|| unsafe { gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 1.0f32, 1.0f32, false, false, false, par) });
-            let t2 = best(|| unsafe { gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, wt.as_ptr(), 1, n as isize, 1.0f32, 1.0f32, false, false, false, par) });
-            // transposed problem: C^T [n, m] = W [n,k] · A^T [k, m]
-            let t3 = best(|| unsafe { gemm::gemm(n, m, k, c.as_mut_ptr(), n as isize, 1, false, w.as_ptr(), 1, k as isize, a.as_ptr(), k as isize, 1, 1.0f32, 1.0f32, false, false, false, par) });
-            println!("{name}: rhs as view {t1:.3} ms ({:.0} GMAC/s)  rhs contiguous {t2:.3} ({:.0})  transposed problem {t3:.3} ({:.0})", gmac / t1 * 1e3, gmac / t2 * 1e3, gmac / t3 * 1e3);
         }
     }
 }

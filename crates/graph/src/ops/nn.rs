@@ -207,12 +207,13 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         groups,
     };
     let pointwise = groups == 1 && w4[2..] == [1, 1] && win.stride == [1, 1] && win.pads == [(0, 0); 2];
+    let packed = w.konst.is_some().then(cpu_kernels::PackedWeights::default);
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let b = (v.len() == 3).then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
-        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
+        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, packed.as_ref()) {
             return vec![lift(y)];
         }
         if pointwise {

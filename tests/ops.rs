@@ -159,6 +159,38 @@ fn gemm_and_matmul_broadcast() {
 }
 
 #[test]
+fn matmul_bias_folds_into_the_matmul() {
+    // x [2, 2, 3] · w [3, 2] + b: the bias on either side of the Add; a product that is also a
+    // graph output keeps its Add.
+    let build = |bias_first: bool, keep: bool| {
+        let add = if bias_first { ["b", "p"] } else { ["p", "b"] };
+        let mut b = OnnxBuilder::new(17)
+            .input("x", FLOAT, &[2, 2, 3])
+            .init_f32("w", &[3, 2], &[1., 0., 0., 1., 1., 1.])
+            .init_f32("b", &[2], &[10., -10.])
+            .node("MatMul", &["x", "w"], &["p"], &[])
+            .node("Add", &add, &["y"], &[])
+            .output("y", FLOAT, &[2, 2, 2]);
+        if keep {
+            b = b.output("p", FLOAT, &[2, 2, 2]);
+        }
+        b
+    };
+    let x = TensorData::new((0..12).map(|v| v as f32).collect::<Vec<_>>(), vec![2, 2, 3]);
+    // Rows (x0, x1, x2) → (x0 + x2 + 10, x1 + x2 − 10).
+    let want = vec![12.0, -7.0, 18.0, -1.0, 24.0, 5.0, 30.0, 11.0];
+    for bias_first in [false, true] {
+        let (out, g, steps) = run(build(bias_first, false), x.clone());
+        assert_eq!(g.load_stats().matmul_biases_fused, 1);
+        assert_eq!(steps, 1, "the Add should be gone");
+        assert_eq!(floats(&out[0]), want);
+    }
+    let (out, g, _) = run(build(false, true), x);
+    assert_eq!(g.load_stats().matmul_biases_fused, 0, "a product that is a graph output keeps its Add");
+    assert_eq!(floats(&out[0]), want);
+}
+
+#[test]
 fn softmax_and_reduce_mean() {
     let b = OnnxBuilder::new(17)
         .input("x", FLOAT, &[2, 2])

@@ -51,6 +51,8 @@ pub struct LoadStats {
     pub conv_branches_merged: usize,
     /// Gemms that read their constant weights transposed, given a `[K, N]` copy instead.
     pub gemm_weights_transposed: usize,
+    /// Bias Adds after a MatMul by constant weights folded into the MatMul.
+    pub matmul_biases_fused: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -95,6 +97,7 @@ impl Graph {
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
         let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);
+        let matmul_biases_fused = passes::fuse_matmul_bias(&mut model.graph, &outputs);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
@@ -104,6 +107,7 @@ impl Graph {
             batchnorms_folded,
             conv_branches_merged,
             gemm_weights_transposed,
+            matmul_biases_fused,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -604,6 +604,38 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
 }
 
+/// `a [M, K] · b [K, N] (+ bias [N])` as one gemm into an uninitialised buffer, the bias seeding
+/// the rows it accumulates into: Burn's flex matmul zero-fills its output first (a memset of 26 MB
+/// for MASTER's feed-forward layers at batch 64) and the bias costs another pass. `None` unless
+/// the operands are contiguous f32 flex tensors of those sizes.
+pub fn matmul(ctx: &Ctx, a: &T, b: &T, [m, k, n]: [usize; 3], bias: Option<&T>) -> Option<T> {
+    if !enabled() {
+        return None;
+    }
+    let (xs, ws) = (flex_slice(a)?, flex_slice(b)?);
+    let bs = match bias {
+        Some(t) => Some(flex_slice(t)?),
+        None => None,
+    };
+    if xs.len() != m * k || ws.len() != k * n || bs.is_some_and(|b| b.len() != n) || m * n == 0 {
+        return None;
+    }
+    // SAFETY: the bias rows or the gemm (not reading its destination) write every element.
+    let mut out = unsafe { output_buffer(m * n) };
+    if let Some(b) = bs {
+        out.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+    }
+    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: row-major `out [M, N]`, `xs [M, K]`, `ws [K, N]`, all in bounds.
+    unsafe {
+        gemm::gemm(
+            m, n, k, out.as_mut_ptr(), 1, n as isize, bs.is_some(), xs.as_ptr(), 1, k as isize, ws.as_ptr(), 1, n as isize,
+            1.0f32, 1.0f32, false, false, false, parallelism,
+        );
+    }
+    Some(B::float_from_data(TensorData::new(out, vec![m, n]), &ctx.device))
+}
+
 /// Transposed convolution (groups 1) as one gemm per tile of input rows,
 /// `cols[M·kh·kw, rows·W] = Wᵀ · x[C, rows·W]`, whose rows are then added into the output planes
 /// at their strided positions (col2im, parallel over output channels). Burn's flex kernel runs

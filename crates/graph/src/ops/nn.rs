@@ -549,10 +549,16 @@ fn lower_gemm(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     if c.is_some() {
         uses.push(2);
     }
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+    // One bias per output column: Kiln's CPU matmul seeds its rows with it.
+    let row_bias = c.is_none_or(|c| beta == 1.0 && c.ty.shape.last() == Some(&n) && c.ty.shape.iter().product::<usize>() == n);
+    let plain = !ta && !tb && alpha == 1.0 && row_bias;
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let c = (v.len() == 3).then(|| v.remove(2));
         let mut b = v.remove(1);
         let mut a = v.remove(0);
+        if plain && let Some(y) = cpu_kernels::matmul(ctx, &a, &b, [m, k, n], c.as_ref()) {
+            return vec![y];
+        }
         if ta {
             a = B::float_transpose(a);
         }
@@ -594,6 +600,14 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         out.push(n);
     }
     let dev = device_dims(&out);
+    // A bias `[N]` the load folded in (`passes::fuse_matmul_bias`).
+    let bias = opt_input(inputs, 2);
+    if let Some(c) = bias
+        && (b2.len() != 2 || c.ty.shape != [n])
+    {
+        bail!(ShapeMismatch, "MatMul bias {:?} for a product {sa:?} · {sb:?}", c.ty.shape);
+    }
+    let uses = if bias.is_some() { vec![0, 1, 2] } else { vec![0, 1] };
     if b2.len() == 2 && a2.len() >= 2 {
         // Weights-style right operand: fold every leading dimension of `a` into rows.
         // On the CubeCL backends `a` keeps its rank and `b` broadcasts over it instead, so that no
@@ -601,15 +615,29 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         let rows: usize = a2[..a2.len() - 1].iter().product();
         let mut b_rank = vec![1; a2.len() - 2];
         b_rank.extend([k, n]);
-        return kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], move |_, mut v| {
+        return kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
+            let c = (v.len() == 3).then(|| v.remove(2));
             let a = v.remove(0);
             if a2.len() > 2 && !is_flex(&a) {
                 let b = reshape(v.remove(0), &b_rank);
-                return vec![reshape(B::float_matmul(reshape(a, &a2), b), &dev)];
+                let y = B::float_matmul(reshape(a, &a2), b);
+                let y = match c {
+                    Some(c) => B::float_add(y, to_rank(c, a2.len())),
+                    None => y,
+                };
+                return vec![reshape(y, &dev)];
             }
             let b = reshape(v.remove(0), &[k, n]);
             let a = reshape(a, &[rows, k]);
-            vec![reshape(B::float_matmul(a, b), &dev)]
+            if let Some(y) = cpu_kernels::matmul(ctx, &a, &b, [rows, k, n], c.as_ref()) {
+                return vec![reshape(y, &dev)];
+            }
+            let y = B::float_matmul(a, b);
+            let y = match c {
+                Some(c) => B::float_add(y, to_rank(c, 2)),
+                None => y,
+            };
+            vec![reshape(y, &dev)]
         });
     }
     let mut ea = batch.clone();
@@ -617,10 +645,16 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let mut eb = batch.clone();
     eb.extend([k, n]);
     let rank = ea.len();
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], move |_, mut v| {
+    let out_rank = dev.len();
+    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
+        let c = (v.len() == 3).then(|| v.remove(2));
         let b = expand(to_rank(reshape(v.remove(1), &b2), rank), &eb);
         let a = expand(to_rank(reshape(v.remove(0), &a2), rank), &ea);
-        vec![reshape(B::float_matmul(a, b), &dev)]
+        let y = reshape(B::float_matmul(a, b), &dev);
+        vec![match c {
+            Some(c) => B::float_add(y, to_rank(c, out_rank)),
+            None => y,
+        }]
     })
 }
 

@@ -190,6 +190,55 @@ fn matmul_bias_folds_into_the_matmul() {
     assert_eq!(floats(&out[0]), want);
 }
 
+/// ResNet's block ends: `relu(conv3×3(t) + shortcut)` with `t = relu(x)`, the shortcut `x`
+/// itself or (`project`) a 1×1 conv of it placed after the 3×3 conv in node order. `keep` lists
+/// convs whose outputs are also graph outputs, which must stop them taking the Add.
+fn residual_block(project: bool, keep: &[&str], w: usize) -> OnnxBuilder {
+    let c = 16;
+    let wave = |n: i64, seed: usize| (0..n as usize).map(|i| ((i * 7 + seed * 13) as f32 * 0.7).sin() * 0.3).collect::<Vec<_>>();
+    let conv = |k: i64| vec![("kernel_shape", A::Ints(vec![k, k])), ("pads", A::Ints(vec![k / 2; 4]))];
+    let shape = [2, c, 5, w as i64];
+    let mut b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &shape)
+        .init_f32("w", &[c, c, 3, 3], &wave(c * c * 9, 1))
+        .init_f32("b", &[c], &wave(c, 2))
+        .init_f32("wp", &[c, c, 1, 1], &wave(c * c, 3))
+        .node("Relu", &["x"], &["t"], &[])
+        .node("Conv", &["t", "w", "b"], &["y"], &conv(3));
+    let shortcut = if project {
+        b = b.node("Conv", &["x", "wp"], &["s"], &conv(1));
+        "s"
+    } else {
+        "x"
+    };
+    b = b.node("Add", &["y", shortcut], &["sum"], &[]).node("Relu", &["sum"], &["out"], &[]).output("out", FLOAT, &shape);
+    for v in keep {
+        b = b.output(v, FLOAT, &shape);
+    }
+    b
+}
+
+#[test]
+fn residual_add_folds_into_the_conv() {
+    // 32 wide, the CPU's direct conv adds the shortcut in registers; 20 wide, a gemm route runs
+    // and one pass adds it after. With a projection, it takes the Add (the later conv), or with
+    // its output kept, the 3×3 conv does, moved after the projection it now reads.
+    for w in [20, 32] {
+        for (project, keep) in [(false, &[][..]), (true, &[]), (true, &["s"])] {
+            let x = TensorData::new((0..2 * 16 * 5 * w).map(|v| ((v * 37 % 23) as f32 - 11.0) / 7.0).collect::<Vec<_>>(), vec![2, 16, 5, w]);
+            let (fused, g, steps) = run(residual_block(project, keep, w), x.clone());
+            assert_eq!(g.load_stats().conv_residuals_fused, 1, "project {project}, keep {keep:?}");
+            assert_eq!(steps, if project { 3 } else { 2 }, "the Add and its Relu should be gone (project {project})");
+            let (plain, g, _) = run(residual_block(project, &["y", "s"][..if project { 2 } else { 1 }], w), x);
+            assert_eq!(g.load_stats().conv_residuals_fused, 0, "conv outputs that are graph outputs keep their Add");
+            let (want, got) = (floats(&plain[0]), floats(&fused[0]));
+            assert!(want.iter().any(|&v| v > 0.1) && want.iter().any(|&v| v == 0.0), "the block should be partly rectified");
+            let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "fused block off by {worst} (width {w}, project {project}, keep {keep:?})");
+        }
+    }
+}
+
 #[test]
 fn softmax_and_reduce_mean() {
     let b = OnnxBuilder::new(17)

@@ -53,6 +53,8 @@ pub struct LoadStats {
     pub gemm_weights_transposed: usize,
     /// Bias Adds after a MatMul by constant weights folded into the MatMul.
     pub matmul_biases_fused: usize,
+    /// Residual Adds (and the Relu after them) folded into the Conv before them.
+    pub conv_residuals_fused: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -96,6 +98,7 @@ impl Graph {
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
+        let conv_residuals_fused = passes::fuse_conv_residual(&mut model.graph, &outputs);
         let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);
         let matmul_biases_fused = passes::fuse_matmul_bias(&mut model.graph, &outputs);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
@@ -108,6 +111,7 @@ impl Graph {
             conv_branches_merged,
             gemm_weights_transposed,
             matmul_biases_fused,
+            conv_residuals_fused,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -33,21 +33,32 @@ const PANEL_FLOATS: usize = 8192;
 const MAX_CHUNK_BLOCKS: usize = 16;
 
 /// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 and undilated;
-/// false leaves it to the caller. `packed` keeps the packed weights across calls.
-pub fn conv(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry, packed: Option<&PackedWeights>) -> bool {
+/// false leaves it to the caller. `residual` (the output's size) is added before the epilogue;
+/// `packed` keeps the packed weights across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    xs: &[f32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: Option<Epilogue>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    g: &ConvGeometry,
+    packed: Option<&PackedWeights>,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
         // Four channels × four vectors of positions, the vectors on one, two or four output rows;
         // narrow rows take the same row of two or four images where the batch has them.
         let n = g.input[0];
         match g.output[3] {
-            w if w >= WIDE => avx512::run::<WIDE_OC, WIDE_NV, 1>(xs, ws, bias, epilogue, out, g, false, packed),
-            w if w > 16 => avx512::run::<WIDE_OC, WIDE_NV, 2>(xs, ws, bias, epilogue, out, g, n >= 2, packed),
-            _ => avx512::run::<WIDE_OC, WIDE_NV, 4>(xs, ws, bias, epilogue, out, g, n >= 4, packed),
+            w if w >= WIDE => avx512::run::<WIDE_OC, WIDE_NV, 1>(xs, ws, bias, epilogue, residual, out, g, false, packed),
+            w if w > 16 => avx512::run::<WIDE_OC, WIDE_NV, 2>(xs, ws, bias, epilogue, residual, out, g, n >= 2, packed),
+            _ => avx512::run::<WIDE_OC, WIDE_NV, 4>(xs, ws, bias, epilogue, residual, out, g, n >= 4, packed),
         }
         return true;
     }
-    let _ = (xs, ws, bias, epilogue, out, g);
+    let _ = (xs, ws, bias, epilogue, residual, out, g, packed);
     false
 }
 
@@ -284,6 +295,7 @@ mod avx512 {
         ws: &[f32],
         bias: Option<&[f32]>,
         epilogue: Option<Epilogue>,
+        residual: Option<&[f32]>,
         out: &mut [f32],
         g: &ConvGeometry,
         across_images: bool,
@@ -357,11 +369,8 @@ mod avx512 {
                                 if y >= oh || img >= n {
                                     continue;
                                 }
-                                let dst = out_ptr.get().add(((img * m + mb * OC + o) * oh + y) * ow + x0);
-                                store(dst, row, valid);
-                                if let Some(e) = epilogue {
-                                    e.apply(std::slice::from_raw_parts_mut(dst, valid));
-                                }
+                                let at = ((img * m + mb * OC + o) * oh + y) * ow + x0;
+                                store(out_ptr.get().add(at), row, valid, residual.map(|r| r[at..at + valid].as_ptr()), epilogue);
                             }
                         }
                     }
@@ -544,14 +553,19 @@ mod avx512 {
         acc
     }
 
-    /// Stores the first `valid` of the floats in `v` at `dst`.
+    /// Stores the first `valid` of the floats in `v` at `dst`, plus the `valid` floats at
+    /// `residual`, through the epilogue.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize) {
+    unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize, residual: Option<*const f32>, epilogue: Option<Epilogue>) {
         for (i, &x) in v.iter().enumerate().take(valid.div_ceil(16)) {
             let n = valid - 16 * i;
             let mask = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
-            // SAFETY: the caller owns `valid` floats at `dst`.
-            unsafe { _mm512_mask_storeu_ps(dst.add(16 * i), mask, x) };
+            // SAFETY: the caller owns `valid` floats at `dst` and gives `valid` at `residual`.
+            let x = match residual {
+                Some(r) => _mm512_add_ps(x, unsafe { _mm512_maskz_loadu_ps(mask, r.add(16 * i)) }),
+                None => x,
+            };
+            unsafe { _mm512_mask_storeu_ps(dst.add(16 * i), mask, activate(epilogue, x)) };
         }
     }
 }
@@ -600,10 +614,20 @@ mod tests {
         let kept = PackedWeights::default();
         for packed in [None, Some(&kept), Some(&kept)] {
             let mut got = vec![0f32; len];
-            if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g, packed) {
+            if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), None, &mut got, &g, packed) {
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst < 1e-4, "{n}×{h}×{w}: off by {worst}");
             }
+        }
+        // A shortcut added before the ReLU.
+        let mut linear = vec![0f32; len];
+        super::super::cpu_kernels::shifted_taps(&xs, &ws, Some(&bias), None, &mut linear, &g);
+        let shortcut = rand(len);
+        let want: Vec<f32> = linear.iter().zip(&shortcut).map(|(y, r)| (y + r).max(0.0)).collect();
+        let mut got = vec![0f32; len];
+        if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), Some(&shortcut), &mut got, &g, Some(&kept)) {
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{n}×{h}×{w} with a shortcut: off by {worst}");
         }
     }
 }

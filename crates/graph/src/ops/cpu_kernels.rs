@@ -533,8 +533,19 @@ impl PackedWeights {
 /// Runs the convolution when `x`, `w` (and `bias`) are contiguous f32 flex tensors; `None` leaves
 /// it to Burn. The bias seeds each output tile before its gemm accumulates into it, and the
 /// epilogue runs on the tile after, while it is still in cache.
-/// `packed` caches the weights' packed form across forwards; pass it only for constant weights.
-pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilogue: Option<Epilogue>, packed: Option<&PackedWeights>) -> Option<T> {
+/// `residual`, of the output's shape, is added before the epilogue. `packed` caches the weights'
+/// packed form across forwards; pass it only for constant weights.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    ctx: &Ctx,
+    x: &T,
+    w: &T,
+    bias: Option<&T>,
+    g: &ConvGeometry,
+    epilogue: Option<Epilogue>,
+    residual: Option<&T>,
+    packed: Option<&PackedWeights>,
+) -> Option<T> {
     if !enabled() {
         return None;
     }
@@ -544,6 +555,14 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     if xs.len() != g.input.iter().product::<usize>() || ws.len() != m * (c / g.groups) * g.kernel[0] * g.kernel[1] {
         return None;
     }
+    let res = match residual {
+        Some(r) => Some(flex_slice(r).filter(|r| r.len() == n * m * oh * ow)?),
+        None => None,
+    };
+    // The direct conv adds the shortcut in registers; after other routes, one pass adds it and
+    // applies the epilogue.
+    let mut post = res.is_some();
+    let epilogue_in_route = if post { None } else { epilogue };
     if c / g.groups.max(1) == 0 || g.kernel.contains(&0) {
         return None;
     }
@@ -552,15 +571,15 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
     let mut out = unsafe { output_buffer(n * m * oh * ow) };
     let pointwise = g.groups == 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
     let shallow = c <= POINTWISE_CHANNELS || (n == 1 && c <= POINTWISE_CHANNELS_ONE_IMAGE);
-    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::avx512::pointwise(xs, ws, bs, epilogue, &mut out, g) {
+    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::avx512::pointwise(xs, ws, bs, epilogue_in_route, &mut out, g) {
         // Done: register-blocked on AVX-512.
     } else if c / g.groups == 1 && g.kernel != [1, 1] {
         // Depthwise: im2col would copy every input k² times for one multiply-add each.
         if m != g.groups {
             return None;
         }
-        if oh * ow > DEPTHWISE_MASKED_PLANE || !super::avx512::depthwise_masked(xs, ws, bs, epilogue, &mut out, g) {
-            depthwise(xs, ws, bs, epilogue, &mut out, g);
+        if oh * ow > DEPTHWISE_MASKED_PLANE || !super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, &mut out, g) {
+            depthwise(xs, ws, bs, epilogue_in_route, &mut out, g);
         }
     } else if g.groups == 1 && (g.kernel != [1, 1] || oh * ow >= LARGE_PLANE) && (c * g.kernel[0] * g.kernel[1] <= SMALL_K || (c <= 4 && c * g.kernel[0] * g.kernel[1] <= STEM_K)) {
         // Bands of output rows, every output channel at once: a band's input phases stay in
@@ -577,7 +596,7 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
             // SAFETY: rows `rows` of image `img`'s output planes belong to this task alone.
             let mut outs: Vec<&mut [f32]> =
                 (0..m).map(|j| unsafe { std::slice::from_raw_parts_mut(op.get().add(at(j)), rows.len() * ow) }).collect();
-            small_dense(xs, ws, bs, epilogue, g, img, rows, &mut outs, scratch)
+            small_dense(xs, ws, bs, epilogue_in_route, g, img, rows, &mut outs, scratch)
         });
     } else if g.groups == 1
         && g.stride == [1, 1]
@@ -585,21 +604,32 @@ pub fn conv2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeometry, epilo
         && g.kernel != [1, 1]
         && c >= DIRECT_CHANNELS
         && (n == 1 || oh * ow >= SMALL_PLANE || super::avx512::fills_lanes(ow))
-        && super::avx512::conv(xs, ws, bs, epilogue, &mut out, g, packed)
+        && super::avx512::conv(xs, ws, bs, epilogue, res, &mut out, g, packed)
     {
+        post = false;
         // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
         // that way than as one gemm; small planes whose rows leave lanes idle too).
     } else if g.groups == 1 && n > 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && (PER_IMAGE_PLANE..SMALL_PLANE).contains(&(oh * ow)) {
-        pointwise_per_image(xs, ws, bs, epilogue, &mut out, g);
+        pointwise_per_image(xs, ws, bs, epilogue_in_route, &mut out, g);
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
         match row_taps(g) {
-            taps if taps.is_empty() => batched(xs, ws, bs, epilogue, &mut out, g),
-            taps => batched_rows(xs, ws, bs, epilogue, &mut out, g, &taps),
+            taps if taps.is_empty() => batched(xs, ws, bs, epilogue_in_route, &mut out, g),
+            taps => batched_rows(xs, ws, bs, epilogue_in_route, &mut out, g, &taps),
         }
     } else if g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] && g.kernel != [1, 1] && c >= TAP_GEMM_CHANNELS {
-        shifted_taps(xs, ws, bs, epilogue, &mut out, g);
+        shifted_taps(xs, ws, bs, epilogue_in_route, &mut out, g);
     } else {
-        grouped(xs, ws, bs, epilogue, &mut out, g);
+        grouped(xs, ws, bs, epilogue_in_route, &mut out, g);
+    }
+    if let (true, Some(r)) = (post, res) {
+        out.par_chunks_mut(1 << 14).zip(r.par_chunks(1 << 14)).for_each(|(o, r)| {
+            for (o, r) in o.iter_mut().zip(r) {
+                *o += r;
+            }
+            if let Some(e) = epilogue {
+                e.apply(o);
+            }
+        });
     }
     Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
 }

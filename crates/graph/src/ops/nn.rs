@@ -195,6 +195,23 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     if bias.is_some() {
         uses.push(2);
     }
+    // A shortcut a load pass folded in (`passes::fuse_conv_residual`), added before the epilogue;
+    // the output takes its shape where it broadcasts wider.
+    let residual = node.attrs.contains_key(passes::CONV_RESIDUAL).then(|| opt_input(inputs, 3)).flatten();
+    if node.attrs.contains_key(passes::CONV_RESIDUAL) && residual.is_none() {
+        bail!(InvalidGraph, "Conv marked with a residual has no fourth input");
+    }
+    let out = match residual {
+        Some(r) => broadcast(&out, &r.ty.shape)?,
+        None => out,
+    };
+    let out_shape = out.clone();
+    // The CPU kernel adds a shortcut of the conv's own shape.
+    let same_shape = residual.is_some_and(|r| r.ty.shape.iter().product::<usize>() == out4.iter().product::<usize>() && r.ty.shape == out);
+    let residual_rank = residual.map(|r| r.ty.rank());
+    if residual.is_some() {
+        uses.push(3);
+    }
     let one_d = win.one_d;
     let epilogue = conv_epilogue(node)?;
     let geometry = ConvGeometry {
@@ -208,22 +225,38 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     };
     let pointwise = groups == 1 && w4[2..] == [1, 1] && win.stride == [1, 1] && win.pads == [(0, 0); 2];
     let packed = w.konst.is_some().then(cpu_kernels::PackedWeights::default);
+    let has_bias = bias.is_some();
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
-        let b = (v.len() == 3).then(|| v.remove(2));
+        let r = residual_rank.map(|_| v.pop().expect("the residual input"));
+        let b = has_bias.then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
-        if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, packed.as_ref()) {
-            return vec![lift(y)];
+        let mut r = r;
+        if is_flex(&x) && (r.is_none() || same_shape) {
+            let r4 = r.map(|r| reshape(r, &out4));
+            if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, r4.as_ref(), packed.as_ref()) {
+                return vec![lift(y)];
+            }
+            r = r4.map(|r| reshape(r, &out_shape));
         }
+        // Without the CPU kernel: the shortcut added after the conv, then the epilogue.
+        let with_shortcut = r.is_some();
+        let add = |y: T| match r {
+            Some(r) => B::float_add(lift(y), r),
+            None => lift(y),
+        };
         if pointwise {
-            return vec![lift(pointwise_matmul(x, w, b, &geometry, epilogue))];
+            if !with_shortcut {
+                return vec![lift(pointwise_matmul(x, w, b, &geometry, epilogue))];
+            }
+            return vec![apply_epilogue(add(pointwise_matmul(x, w, b, &geometry, None)), epilogue)];
         }
         if let Some(p) = explicit {
             x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
         }
         let y = with_bias(x, b, |x, b| B::conv2d(x, w, b, options.clone()));
-        vec![lift(apply_epilogue(y, epilogue))]
+        vec![apply_epilogue(add(y), epilogue)]
     })
 }
 

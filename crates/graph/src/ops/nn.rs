@@ -633,14 +633,23 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         out.push(n);
     }
     let dev = device_dims(&out);
-    // A bias `[N]` the load folded in (`passes::fuse_matmul_bias`).
-    let bias = opt_input(inputs, 2);
-    if let Some(c) = bias
-        && (b2.len() != 2 || c.ty.shape != [n])
-    {
-        bail!(ShapeMismatch, "MatMul bias {:?} for a product {sa:?} · {sb:?}", c.ty.shape);
-    }
-    let uses = if bias.is_some() { vec![0, 1, 2] } else { vec![0, 1] };
+    // A constant bias `[N]` the load folded in (`passes::fuse_matmul_bias`), stored at the
+    // output's rank: reshaping it in every forward would queue an op between the matmul and its
+    // add, which ends the fuser's block (as the Add's own lowering stores it).
+    let bias = match opt_input(inputs, 2) {
+        Some(c) if b2.len() == 2 && c.ty.shape == [n] => {
+            let mut dims = vec![1; dev.len().max(1) - 1];
+            dims.push(n);
+            vec![TensorData::new(const_floats(c, "MatMul bias")?, dims)]
+        }
+        Some(c) => bail!(ShapeMismatch, "MatMul bias {:?} for a product {sa:?} · {sb:?}", c.ty.shape),
+        None => vec![],
+    };
+    let has_bias = !bias.is_empty();
+    let add_bias = move |y: T, c: Option<T>| match c {
+        Some(c) => B::float_add(y, c),
+        None => y,
+    };
     if b2.len() == 2 && a2.len() >= 2 {
         // Weights-style right operand: fold every leading dimension of `a` into rows.
         // On the CubeCL backends `a` keeps its rank and `b` broadcasts over it instead, so that no
@@ -648,29 +657,19 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         let rows: usize = a2[..a2.len() - 1].iter().product();
         let mut b_rank = vec![1; a2.len() - 2];
         b_rank.extend([k, n]);
-        return kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
-            let c = (v.len() == 3).then(|| v.remove(2));
+        return kernel_with(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], bias, move |ctx, mut v| {
+            let c = has_bias.then(|| v.pop().expect("the bias"));
             let a = v.remove(0);
             if a2.len() > 2 && !is_flex(&a) {
                 let b = reshape(v.remove(0), &b_rank);
-                let y = B::float_matmul(reshape(a, &a2), b);
-                let y = match c {
-                    Some(c) => B::float_add(y, to_rank(c, a2.len())),
-                    None => y,
-                };
-                return vec![reshape(y, &dev)];
+                return vec![add_bias(reshape(B::float_matmul(reshape(a, &a2), b), &dev), c)];
             }
             let b = reshape(v.remove(0), &[k, n]);
             let a = reshape(a, &[rows, k]);
             if let Some(y) = cpu_kernels::matmul(ctx, &a, &b, [rows, k, n], c.as_ref()) {
                 return vec![reshape(y, &dev)];
             }
-            let y = B::float_matmul(a, b);
-            let y = match c {
-                Some(c) => B::float_add(y, to_rank(c, 2)),
-                None => y,
-            };
-            vec![reshape(y, &dev)]
+            vec![add_bias(reshape(B::float_matmul(a, b), &dev), c)]
         });
     }
     let mut ea = batch.clone();
@@ -678,16 +677,11 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let mut eb = batch.clone();
     eb.extend([k, n]);
     let rank = ea.len();
-    let out_rank = dev.len();
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |_, mut v| {
-        let c = (v.len() == 3).then(|| v.remove(2));
+    kernel_with(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], bias, move |_, mut v| {
+        let c = has_bias.then(|| v.pop().expect("the bias"));
         let b = expand(to_rank(reshape(v.remove(1), &b2), rank), &eb);
         let a = expand(to_rank(reshape(v.remove(0), &a2), rank), &ea);
-        let y = reshape(B::float_matmul(a, b), &dev);
-        vec![match c {
-            Some(c) => B::float_add(y, to_rank(c, out_rank)),
-            None => y,
-        }]
+        vec![add_bias(reshape(B::float_matmul(a, b), &dev), c)]
     })
 }
 

@@ -240,6 +240,28 @@ fn residual_add_folds_into_the_conv() {
 }
 
 #[test]
+fn repeated_conv_stays_shared_rather_than_taking_shortcuts() {
+    // The same conv twice (as SAR's decoder repeats its attention's at every step), each copy
+    // feeding an Add with its own shortcut: merged into one conv computed once, which then has two
+    // consumers and takes neither Add.
+    let b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[1, 4, 3, 3])
+        .init_f32("w", &[4, 4, 1, 1], &(0..16).map(|v| v as f32 / 8.0 - 1.0).collect::<Vec<_>>())
+        .node("Conv", &["x", "w"], &["y1"], &[])
+        .node("Conv", &["x", "w"], &["y2"], &[])
+        .node("Relu", &["x"], &["a"], &[])
+        .node("Sigmoid", &["x"], &["s"], &[])
+        .node("Add", &["y1", "a"], &["o1"], &[])
+        .node("Add", &["y2", "s"], &["o2"], &[])
+        .output("o1", FLOAT, &[1, 4, 3, 3])
+        .output("o2", FLOAT, &[1, 4, 3, 3]);
+    let (_, g, steps) = run(b, TensorData::new((0..36).map(|v| v as f32 / 9.0 - 2.0).collect::<Vec<_>>(), vec![1, 4, 3, 3]));
+    assert_eq!(g.load_stats().nodes_deduplicated, 1);
+    assert_eq!(g.load_stats().conv_residuals_fused, 0);
+    assert_eq!(steps, 5, "one conv, the Relu, the Sigmoid and both Adds");
+}
+
+#[test]
 fn softmax_and_reduce_mean() {
     let b = OnnxBuilder::new(17)
         .input("x", FLOAT, &[2, 2])

@@ -98,10 +98,13 @@ impl Graph {
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
-        let conv_residuals_fused = passes::fuse_conv_residual(&mut model.graph, &outputs);
         let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);
         let matmul_biases_fused = passes::fuse_matmul_bias(&mut model.graph, &outputs);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
+        // After deduplication: a conv repeated with the same inputs is computed once, and one
+        // that has taken a different shortcut in each repetition no longer would be (SAR's
+        // attention convolves its features the same way at every decoding step).
+        let conv_residuals_fused = passes::fuse_conv_residual(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
             decode_ms,

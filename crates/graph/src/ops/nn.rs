@@ -208,8 +208,8 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let out_shape = out.clone();
     // The CPU kernel adds a shortcut of the conv's own shape.
     let same_shape = residual.is_some_and(|r| r.ty.shape.iter().product::<usize>() == out4.iter().product::<usize>() && r.ty.shape == out);
-    let residual_rank = residual.map(|r| r.ty.rank());
-    if residual.is_some() {
+    let has_residual = residual.is_some();
+    if has_residual {
         uses.push(3);
     }
     let one_d = win.one_d;
@@ -227,12 +227,11 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let packed = w.konst.is_some().then(cpu_kernels::PackedWeights::default);
     let has_bias = bias.is_some();
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
-        let r = residual_rank.map(|_| v.pop().expect("the residual input"));
+        let mut r = has_residual.then(|| v.pop().expect("the residual input"));
         let b = has_bias.then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
-        let mut r = r;
         if is_flex(&x) && (r.is_none() || same_shape) {
             let r4 = r.map(|r| reshape(r, &out4));
             if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, r4.as_ref(), packed.as_ref()) {

@@ -606,9 +606,9 @@ pub fn conv2d(
         && (n == 1 || oh * ow >= SMALL_PLANE || super::avx512::fills_lanes(ow))
         && super::avx512::conv(xs, ws, bs, epilogue, res, &mut out, g, packed)
     {
-        post = false;
         // Done: the register-blocked direct convolution on AVX-512 (1×1 convs measured slower
         // that way than as one gemm; small planes whose rows leave lanes idle too).
+        post = false;
     } else if g.groups == 1 && n > 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && (PER_IMAGE_PLANE..SMALL_PLANE).contains(&(oh * ow)) {
         pointwise_per_image(xs, ws, bs, epilogue_in_route, &mut out, g);
     } else if g.groups == 1 && n > 1 && oh * ow < SMALL_PLANE {
@@ -647,7 +647,7 @@ pub fn matmul(ctx: &Ctx, a: &T, b: &T, [m, k, n]: [usize; 3], bias: Option<&T>) 
         Some(t) => Some(flex_slice(t)?),
         None => None,
     };
-    if xs.len() != m * k || ws.len() != k * n || bs.is_some_and(|b| b.len() != n) || m * n == 0 {
+    if xs.len() != m * k || ws.len() != k * n || bs.is_some_and(|b| b.len() != n) || m * n * k == 0 {
         return None;
     }
     // SAFETY: the bias rows or the gemm (not reading its destination) write every element.

@@ -1,7 +1,8 @@
 """Trains Kiln's docTR models on synthetic text (synth.py), on the CPU, with docTR's own model
 classes and losses (detection and recognition from random initialisation, the orientation
-classifiers from the recogniser's backbone, so `--task reco` comes first), then exports each to ONNX exactly as
-tests/fixtures/make_fixtures.py does and writes its model card.
+classifiers from the recogniser's backbone, so `--task reco` comes first or `--backbone` names
+it), then exports each to ONNX exactly as tests/fixtures/make_fixtures.py does and writes its
+model card.
 
     python models/train/train.py --task all --out DIR            # the ~2 h run (README.md)
     python models/train/train.py --task reco --minutes 1 --out DIR
@@ -58,6 +59,12 @@ TASKS = {
 }
 WARMUP = 50  # steps of linear warm-up from lr/25
 CALIBRATE = 20  # steps timed before the step count is fixed
+BAND = 32  # canvas sides of band batches are multiples of this
+# Crop orientation trains on band batches (`Data.crop_orientation_bands`, twice the images per
+# second) except for CALIBRATE square steps after the first CALIBRATE, which time the square steps,
+# and for this last fraction of the run, where BatchNorm's statistics and the head meet the padded
+# squares the predictor feeds.
+SQUARE_TAIL = 0.2
 ORIENT_SIZE = {"crop_orientation": 256, "page_orientation": 512}
 
 
@@ -117,6 +124,7 @@ class Data:
         self.fonts = fonts
         self.norm = Normalize(cfg["mean"], cfg["std"])
         self.det_size, self.det_crop = det_size, det_crop
+        self.pools = {}
         if self.kind == "detection":
             self.resize = Resize((det_size, det_size), preserve_aspect_ratio=True, symmetric_pad=True)
         elif self.kind == "recognition":
@@ -137,6 +145,12 @@ class Data:
     def batch(self, n):
         return getattr(self, self.kind)(n)
 
+    def parts(self, n, bands):
+        """A training batch as [(x, y)]: one part, or two cut to bands (crop orientation)."""
+        if bands:
+            return self.crop_orientation_bands(n)
+        return [self.batch(n)]
+
     def recognition(self, n):
         images, labels = [], []
         for _ in range(n):
@@ -152,21 +166,56 @@ class Data:
         return self._finish(images), labels
 
     def crop_orientation(self, n):
+        """Each word in all four turns, side by side in the batch: the only thing that tells the
+        four apart is the direction of the text, so that is what the gradient teaches."""
         images, labels = [], []
-        for _ in range(n):
-            word = self.words()
-            while len(word) < 2:  # a lone character is often symmetric: no orientation to learn
-                word = self.words()
-            font = self.rng.choice(self.fonts)
-            if not synth.renderable(font, word):
-                font = synth.find_font("DejaVuSans.ttf") or font
-            size = int(round(synth.log_uniform(11, 64)(self.rng)))
-            skew = self.rng.uniform(-8, 8) if self.rng.random() < 0.5 else 0.0
-            k = self.rng.randrange(4)
-            img, _ = self._tensor(synth.turn(synth.word_crop(self.rng, word, font, size, skew=skew), k))
-            images.append(img)
-            labels.append(k)
+        while len(images) < n:
+            crop = self._word_crop()
+            for k in range(min(4, n - len(images))):
+                images.append(self._tensor(synth.turn(crop, k))[0])
+                labels.append(k)
         return self._finish(images), torch.tensor(labels)
+
+    def crop_orientation_bands(self, n):
+        """`crop_orientation`'s batch as two parts, the turns whose text runs along the rows and
+        those whose text runs along the columns, each cut to the centre of the 256x256 square
+        that holds its words as the predictor's resize places them, rounded up to 32 px with 8
+        px of padding either side. Most words fill a third of the square; the rest is padding
+        that costs compute and teaches little. Words wait in pools of the same cut until there
+        are n/4 of them."""
+        while True:
+            crop = self._word_crop()
+            h, w = crop.shape[:2]
+            side = min(256, BAND * -(-(int(256 * min(h, w) / max(h, w)) + 16) // BAND))
+            key = (side, h <= w)
+            pool = self.pools.setdefault(key, [])
+            pool.append(crop)
+            if len(pool) == n // 4:
+                break
+        del self.pools[key]
+        lo = (256 - side) // 2
+        parts = []
+        for turns in ((0, 2), (1, 3)):
+            images, labels = [], []
+            for crop in pool:
+                for k in turns:
+                    img = self._tensor(synth.turn(crop, k))[0]
+                    across_rows = (k % 2 == 0) == (h <= w)
+                    images.append(img[:, lo : lo + side] if across_rows else img[:, :, lo : lo + side])
+                    labels.append(k)
+            parts.append((self._finish(images), torch.tensor(labels)))
+        return parts
+
+    def _word_crop(self):
+        word = self.words()
+        while len(word) < 2:  # a lone character is often symmetric: no orientation to learn
+            word = self.words()
+        font = self.rng.choice(self.fonts)
+        if not synth.renderable(font, word):
+            font = synth.find_font("DejaVuSans.ttf") or font
+        size = int(round(synth.log_uniform(11, 64)(self.rng)))
+        skew = self.rng.uniform(-8, 8) if self.rng.random() < 0.5 else 0.0
+        return synth.word_crop(self.rng, word, font, size, skew=skew)
 
     def page_orientation(self, n):
         images, labels = [], []
@@ -264,39 +313,60 @@ def train(task, args, fonts):
     torch.manual_seed(args.seed)
     model = build(task)
     if t.init_from:
-        init_backbone(model, out / f"{TASKS[t.init_from].arch}{args.suffix}.pt", task)
+        init_backbone(model, Path(args.backbone) if args.backbone else out / f"{TASKS[t.init_from].arch}{args.suffix}.pt",
+                      task)
+    # oneDNN trains the crop classifier's convs 1.6x faster on NHWC tensors (a 32x256x256 step
+    # 0.50 -> 0.30 s); the other models were trained, and are replayed, in NCHW.
+    layout = torch.channels_last if t.kind == "crop_orientation" else torch.contiguous_format
+    model = model.to(memory_format=layout)
     data = Data(task, args.seed, model.cfg, args.det_size, args.det_crop, fonts)
     val_x, val_y = Data(task, args.seed + 7919, model.cfg, args.det_size, args.det_crop, fonts).batch(
         8 if t.kind == "detection" else min(256, batch * 8))
     model.train()
+    banded = t.kind == "crop_orientation" and not args.no_bands
+    if banded:
+        # A band part holds text of one direction only, which batch statistics would normalise
+        # away: BatchNorm keeps the recogniser's statistics (its scale and shift still train).
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=1e-4)
     log(f"[{task}] {name}: batch {batch}, lr {lr}, "
         + (f"{args.steps} steps" if args.steps else f"{minutes} min budget") + f", seed {args.seed}")
 
     total = args.schedule_steps or args.steps  # the schedule's length; None until calibrated
     stop = args.steps or total
+    calibrate = 2 * CALIBRATE if banded else CALIBRATE
     start = time.perf_counter()
     last_log, last_step, ema, images, last_ckpt = start, 0, None, 0, start
     history = []
+    timed = {True: 0.0, False: 0.0}  # calibration seconds on band and on square batches
     step = 0
     while stop is None or step < stop:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, total or 10**9, lr)
-        x, y = data.batch(batch)
-        loss = loss_of(model, t.kind, x, y)
+        bands = banded and (step < CALIBRATE or (calibrate <= step < (total or 10**9) * (1 - SQUARE_TAIL)))
+        began = time.perf_counter()
+        parts = data.parts(batch, bands)
+        n = sum(len(x) for x, _ in parts)
+        loss = sum(loss_of(model, t.kind, x.contiguous(memory_format=layout), y) * len(x) for x, y in parts) / n
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        images += x.shape[0]
+        images += n
         value = loss.item()
         if not math.isfinite(value):
             raise SystemExit(f"[{task}] loss is {value} at step {step}")
         ema = value if ema is None else 0.95 * ema + 0.05 * value
         now = time.perf_counter()
-        if total is None and step == CALIBRATE:
-            per_step = (now - start) / step
+        timed[bands] += now - began
+        if total is None and step == calibrate:
+            if banded:  # the schedule ends with SQUARE_TAIL of its steps on squares
+                per_step = (1 - SQUARE_TAIL) * timed[True] / CALIBRATE + SQUARE_TAIL * timed[False] / CALIBRATE
+            else:
+                per_step = (now - start) / step
             total = max(step + 1, int(minutes * 60 / per_step))
             stop = total
             log(f"[{task}] {per_step:.2f} s/step over {step} steps: {total} steps in {minutes} min")
@@ -329,18 +399,59 @@ def train(task, args, fonts):
     return record
 
 
-def init_backbone(model, checkpoint, task):
-    """The recogniser's feature extractor (`feat_extractor.*`) copied into a classifier's `features.*`."""
-    if not checkpoint.is_file():
-        raise SystemExit(f"[{task}] starts from {checkpoint.name}: train --task reco into the same --out first")
-    state = torch.load(checkpoint, map_location="cpu")
+def init_backbone(model, source, task):
+    """The recogniser's feature extractor (`feat_extractor.*`) copied into a classifier's `features.*`,
+    from train.py's checkpoint or from the recogniser's ONNX export (`--backbone`)."""
+    if not source.is_file():
+        raise SystemExit(f"[{task}] starts from {source}: train --task reco into the same --out first, "
+                         "or pass --backbone with the recogniser's .pt or .onnx")
+    state = recogniser_from_onnx(source) if source.suffix == ".onnx" else torch.load(source, map_location="cpu")
     prefix = "feat_extractor."
     features = {"features." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing = [k for k in model.state_dict() if k.startswith("features.") and k not in features]
     if missing:
-        raise SystemExit(f"[{task}] {checkpoint.name} lacks {missing[:3]}")
+        raise SystemExit(f"[{task}] {source.name} lacks {missing[:3]}")
     model.load_state_dict(features, strict=False)
-    log(f"[{task}] backbone from {checkpoint.name} ({len(features)} tensors)")
+    log(f"[{task}] backbone from {source.name} ({len(features)} tensors)")
+
+
+def recogniser_from_onnx(path):
+    """The recogniser's state dict rebuilt from its ONNX export. The exporter folded each
+    BatchNorm into the conv before it, so that conv takes the folded weights and its BatchNorm
+    becomes the identity with the folded bias (mean 0, variance 1 - eps): the same function in
+    eval mode. Convs are matched in execution order, which for docTR's MobileNet is the order
+    its modules are registered in; shapes are checked one by one."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/feat_extractor/")]
+    model = build("reco")
+    modules = list(model.feat_extractor.named_modules())
+    state = model.state_dict()
+    targets = [(i, name) for i, (name, m) in enumerate(modules) if isinstance(m, torch.nn.Conv2d)]
+    if len(targets) != len(convs):
+        raise SystemExit(f"{path.name}: {len(convs)} feature convs, the recogniser has {len(targets)}")
+    for node, (i, name) in zip(convs, targets):
+        w, b = weights[node.input[1]], weights[node.input[2]]
+        key = f"feat_extractor.{name}"
+        if tuple(w.shape) != tuple(state[f"{key}.weight"].shape):
+            raise SystemExit(f"{path.name}: {node.name} has weights {list(w.shape)}, {key} wants "
+                             f"{list(state[key + '.weight'].shape)}")
+        state[f"{key}.weight"] = w
+        if f"{key}.bias" in state:
+            state[f"{key}.bias"] = b
+            continue
+        bn_name, bn = modules[i + 1]
+        if not isinstance(bn, torch.nn.BatchNorm2d):
+            raise SystemExit(f"{path.name}: {key} has no bias and no BatchNorm after it")
+        bn_key = f"feat_extractor.{bn_name}"
+        state[f"{bn_key}.weight"] = torch.ones_like(b)
+        state[f"{bn_key}.bias"] = b
+        state[f"{bn_key}.running_mean"] = torch.zeros_like(b)
+        state[f"{bn_key}.running_var"] = torch.full_like(b, 1 - bn.eps)
+    return state
 
 
 def replay_command(task, args, steps, schedule):
@@ -351,6 +462,10 @@ def replay_command(task, args, steps, schedule):
         cmd += f" --batch {args.batch}"
     if args.lr:
         cmd += f" --lr {args.lr}"
+    if TASKS[task].kind == "crop_orientation" and args.no_bands:
+        cmd += " --no-bands"
+    if TASKS[task].init_from and args.backbone:
+        cmd += f" --backbone {args.backbone}"
     if TASKS[task].kind == "detection":
         cmd += f" --det-size {args.det_size} --det-crop {args.det_crop}"
     return cmd
@@ -436,7 +551,7 @@ def card(task, args, record, onnx_path):
     what = {
         "detection": f"{args.det_crop}x{args.det_crop} windows of synthetic pages resized to {args.det_size}x{args.det_size}",
         "recognition": "synthetic word crops at 32x128",
-        "crop_orientation": "synthetic word crops turned 0/90/180/270 degrees, at 256x256",
+        "crop_orientation": "synthetic word crops, each turned 0/90/180/270 degrees, cut to bands of the 256x256 input",
         "page_orientation": "synthetic pages turned 0/90/180/270 degrees, at 512x512",
     }[t.kind]
     start = (f"the backbone of {TASKS[t.init_from].arch}{args.suffix}" if t.init_from
@@ -474,6 +589,9 @@ def main():
     ap.add_argument("--log-every", type=int)
     ap.add_argument("--det-size", type=int, default=1024, help="page size the detector is fed at inference")
     ap.add_argument("--det-crop", type=int, default=256, help="training window in that page")
+    ap.add_argument("--backbone", help="the recogniser (.pt from this script, or its .onnx export) whose features "
+                                       "start an orientation classifier (default: --out's checkpoint)")
+    ap.add_argument("--no-bands", action="store_true", help="crop orientation on 256x256 squares throughout")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--no-font-install", action="store_true")
     args = ap.parse_args()

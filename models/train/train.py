@@ -154,13 +154,8 @@ class Data:
     def recognition(self, n):
         images, labels = [], []
         for _ in range(n):
-            word = self.words()
-            font = self.rng.choice(self.fonts)
-            if not synth.renderable(font, word):
-                font = synth.find_font("DejaVuSans.ttf") or font
-            size = int(round(synth.log_uniform(11, 64)(self.rng)))
-            skew = self.rng.uniform(-3, 3) if self.rng.random() < 0.25 else 0.0
-            img, _ = self._tensor(synth.word_crop(self.rng, word, font, size, skew=skew))
+            word, crop = self._word_crop(min_len=0, skew_p=0.25, skew=3)
+            img, _ = self._tensor(crop)
             images.append(img)
             labels.append(word)
         return self._finish(images), labels
@@ -170,7 +165,7 @@ class Data:
         four apart is the direction of the text, so that is what the gradient teaches."""
         images, labels = [], []
         while len(images) < n:
-            crop = self._word_crop()
+            crop = self._orientation_crop()
             for k in range(min(4, n - len(images))):
                 images.append(self._tensor(synth.turn(crop, k))[0])
                 labels.append(k)
@@ -184,7 +179,7 @@ class Data:
         that costs compute and teaches little. Words wait in pools of the same cut until there
         are n/4 of them."""
         while True:
-            crop = self._word_crop()
+            crop = self._orientation_crop()
             h, w = crop.shape[:2]
             side = min(256, BAND * -(-(int(256 * min(h, w) / max(h, w)) + 16) // BAND))
             key = (side, h <= w)
@@ -206,16 +201,22 @@ class Data:
             parts.append((self._finish(images), torch.tensor(labels)))
         return parts
 
-    def _word_crop(self):
+    def _word_crop(self, min_len, skew_p, skew):
+        """A word of at least `min_len` characters, rendered in a random training font and size,
+        skewed by up to ±`skew` degrees with probability `skew_p`: (word, HWC uint8 crop)."""
         word = self.words()
-        while len(word) < 2:  # a lone character is often symmetric: no orientation to learn
+        while len(word) < min_len:
             word = self.words()
         font = self.rng.choice(self.fonts)
         if not synth.renderable(font, word):
             font = synth.find_font("DejaVuSans.ttf") or font
         size = int(round(synth.log_uniform(11, 64)(self.rng)))
-        skew = self.rng.uniform(-8, 8) if self.rng.random() < 0.5 else 0.0
-        return synth.word_crop(self.rng, word, font, size, skew=skew)
+        angle = self.rng.uniform(-skew, skew) if self.rng.random() < skew_p else 0.0
+        return word, synth.word_crop(self.rng, word, font, size, skew=angle)
+
+    def _orientation_crop(self):
+        # A lone character is often symmetric: no orientation to learn.
+        return self._word_crop(min_len=2, skew_p=0.5, skew=8)[1]
 
     def page_orientation(self, n):
         images, labels = [], []

@@ -22,8 +22,8 @@ use super::cpu_kernels::{ConvGeometry, Epilogue, PackedWeights};
 /// at 1024×1024, 32 wide: 14.4 → 23.5 ms), so [`conv`] spreads its four vectors over two or four
 /// rows and [`tap_rows`] keeps 8 × 32.
 const WIDE: usize = 64;
-const WIDE_OC: usize = 4;
-const WIDE_NV: usize = 4;
+pub(super) const WIDE_OC: usize = 4;
+pub(super) const WIDE_NV: usize = 4;
 const NARROW_OC: usize = 8;
 const NARROW_NV: usize = 2;
 /// [`tap_rows`] copies the taps' runs for up to `MAX_CHUNK_BLOCKS` register blocks of positions,
@@ -254,6 +254,10 @@ pub fn tap_rows(
     let _ = (src, offs, wq, ow, rows, packed, epilogue, outs, panel);
     false
 }
+
+/// The register block and its store, shared with `winograd`'s sums.
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512::{block, store};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -523,7 +527,7 @@ mod avx512 {
     /// (channels `wp` floats apart, rows `C·wp`), `w` at the block's packed weights.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const OC: usize, const V: usize, const R: usize>(units: [*const f32; R], wp: usize, c: usize, ks: std::ops::Range<usize>, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; V]; OC] {
+    pub(crate) unsafe fn block<const OC: usize, const V: usize, const R: usize>(units: [*const f32; R], wp: usize, c: usize, ks: std::ops::Range<usize>, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; V]; OC] {
         let nv = V / R;
         let mut acc: [[__m512; V]; OC] = init.map(|b| [_mm512_set1_ps(b); V]);
         for ki in ks {
@@ -556,7 +560,7 @@ mod avx512 {
     /// Stores the first `valid` of the floats in `v` at `dst`, plus the `valid` floats at
     /// `residual`, through the epilogue.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize, residual: Option<*const f32>, epilogue: Option<Epilogue>) {
+    pub(crate) unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize, residual: Option<*const f32>, epilogue: Option<Epilogue>) {
         for (i, &x) in v.iter().enumerate().take(valid.div_ceil(16)) {
             let n = valid - 16 * i;
             let mask = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };

@@ -598,6 +598,13 @@ pub fn conv2d(
                 (0..m).map(|j| unsafe { std::slice::from_raw_parts_mut(op.get().add(at(j)), rows.len() * ow) }).collect();
             small_dense(xs, ws, bs, epilogue_in_route, g, img, rows, &mut outs, scratch)
         });
+    } else if g.kernel == [3, 3]
+        && c >= DIRECT_CHANNELS
+        && super::winograd::fills_lanes(ow)
+        && super::winograd::conv(xs, ws, bs, epilogue, res, &mut out, g, packed)
+    {
+        // Done: Winograd F(2×2, 3×3) on AVX-512, with the shortcut and epilogue.
+        post = false;
     } else if g.groups == 1
         && g.stride == [1, 1]
         && g.dilation == [1, 1]

@@ -12,6 +12,7 @@ mod lstm;
 mod nn;
 mod reduce;
 mod shape;
+mod winograd;
 
 pub(crate) use cpu_kernels::{output_buffer, reshape_copy};
 pub(crate) use nn::batchnorm_affine;

@@ -521,6 +521,18 @@ fn conv_matches_its_definition() {
         // of 32 positions, asymmetric pads.
         ([2, 64, 17, 40], [11, 64, 3, 3], 1, 1, [1, 1, 1, 1], 1),
         ([1, 64, 9, 20], [9, 64, 3, 2], 1, 1, [0, 1, 2, 0], 1),
+        // 3×3 stride-1 convs as Winograd F(2×2, 3×3) (AVX-512): odd output sizes, a batch,
+        // asymmetric pads.
+        ([2, 32, 9, 62], [10, 32, 3, 3], 1, 1, [1, 1, 1, 1], 1),
+        ([1, 24, 10, 33], [7, 24, 3, 3], 1, 1, [0, 1, 2, 0], 1),
+        // Direct convs strided by two (de-interleaved rows): ResNet's 3×3 downsampling, with
+        // asymmetric pads.
+        ([1, 32, 20, 127], [9, 32, 3, 3], 2, 1, [1, 1, 1, 1], 1),
+        ([2, 16, 9, 63], [5, 16, 3, 3], 2, 1, [0, 1, 1, 0], 1),
+        // 1×1 convs strided by two: every second row and column, then a pointwise route
+        // (shallow) or a gemm (deep).
+        ([2, 20, 9, 70], [12, 20, 1, 1], 2, 1, [0, 0, 0, 0], 1),
+        ([1, 300, 6, 40], [8, 300, 1, 1], 2, 1, [0, 0, 0, 0], 1),
     ];
     let mut rand = uniform(1);
     // Each case also with an activation after it, which a load pass folds into the conv.

@@ -47,7 +47,7 @@ pub fn conv(
     packed: Option<&PackedWeights>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && g.stride == [1, 1] && g.dilation == [1, 1] {
+    if std::arch::is_x86_feature_detected!("avx512f") && g.groups == 1 && (g.stride == [1, 1] || g.stride == [2, 2]) && g.dilation == [1, 1] {
         // Four channels × four vectors of positions, the vectors on one, two or four output rows;
         // narrow rows take the same row of two or four images where the batch has them.
         let n = g.input[0];
@@ -181,6 +181,31 @@ pub fn depthwise_masked(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: 
     false
 }
 
+/// `x [N, C, H, W]` at rows and columns `0, 2, 4, …` (`[oh, ow]` of them), the input of a 1×1
+/// conv strided by two; sixteen columns per step where the CPU has AVX-512.
+pub fn even_rows_and_columns(x: &[f32], [n, c, h, w]: [usize; 4], [oh, ow]: [usize; 2]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; n * c * oh * ow];
+    if oh * ow == 0 {
+        return out;
+    }
+    out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, p)| {
+        for (y, row) in o.chunks_exact_mut(ow).enumerate() {
+            let src = &p[2 * y * w..2 * y * w + w];
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512 is present.
+                done = unsafe { avx512::even_columns(src, row) };
+            }
+            for (x, v) in row.iter_mut().enumerate().skip(done) {
+                *v = src[2 * x];
+            }
+        }
+    });
+    out
+}
+
 /// Weights `[M, T]` (output channel, tap) packed `[M/OC][T][OC]` and the bias `[M/OC][OC]`, zeros
 /// past `M`, in the order the register block reads them; `OC` is the block's for rows `width`
 /// wide.
@@ -312,8 +337,14 @@ mod avx512 {
         let [ph, pw] = g.pad;
         let taps = kh * kw;
         let blocks = ow.div_ceil(px);
-        // Padded width: every position of every block.
-        let wp = blocks * px + kw - 1;
+        let st = g.stride[0];
+        // Padded width: every input column the taps of every block's positions read. Strided by
+        // two, each padded row is stored de-interleaved, its even columns then its odd ones, so
+        // that a tap still reads consecutive floats: tap `kj` of position `x` reads column
+        // `2x + kj`, at `cols[kj] + x`.
+        let wpi = st * (blocks * px - 1) + kw;
+        let (wp, half) = if st == 1 { (wpi, 0) } else { (2 * wpi.div_ceil(2), wpi.div_ceil(2)) };
+        let cols: Vec<usize> = (0..kw).map(|kj| if st == 1 { kj } else { kj % 2 * half + kj / 2 }).collect();
         let mblocks = m.div_ceil(OC);
         let fresh;
         let wk = match packed {
@@ -331,7 +362,7 @@ mod avx512 {
         // walks the channels of a row at a constant stride the prefetchers follow (as
         // [C][rows][Wp] the channels are a plane apart and it stalls). One parallel loop over
         // every task: per-image loops spent a fork and join on each.
-        let slab_rows = rows_per_task + kh - 1;
+        let slab_rows = st * (rows_per_task - 1) + kh;
         // Each task writes its own rows of every channel of its images.
         let out_ptr = SendPtr(out.as_mut_ptr());
         (0..image_groups * row_groups).into_par_iter().for_each_init(Vec::new, |slab: &mut Vec<f32>, task| {
@@ -339,21 +370,27 @@ mod avx512 {
             slab.clear();
             slab.resize(images_per_task * slab_rows * c * wp, 0.0);
             // The input columns the taps reach.
-            let cols = wd.min(wp - pw);
+            let reach = wd.min(wpi - pw);
             for (i, rows) in slab.chunks_mut(slab_rows * c * wp).enumerate().take(n - img0) {
                 let x = &xs[(img0 + i) * c * h * wd..(img0 + i + 1) * c * h * wd];
                 for (sr, rows) in rows.chunks_mut(c * wp).enumerate() {
-                    let Some(ir) = (oy + sr).checked_sub(ph).filter(|&ir| ir < h) else { continue };
+                    let Some(ir) = (st * oy + sr).checked_sub(ph).filter(|&ir| ir < h) else { continue };
                     for (ci, row) in rows.chunks_mut(wp).enumerate() {
-                        row[pw..pw + cols].copy_from_slice(&x[(ci * h + ir) * wd..(ci * h + ir) * wd + cols]);
+                        let src = &x[(ci * h + ir) * wd..(ci * h + ir) * wd + reach];
+                        if st == 1 {
+                            row[pw..pw + reach].copy_from_slice(src);
+                        } else {
+                            // SAFETY: AVX-512 is present (the caller checked).
+                            unsafe { deinterleave(src, row, pw, half) };
+                        }
                     }
                 }
             }
             // Kernel rows reading an input row for at least one of the task's output rows.
-            let k0 = ph.saturating_sub(oy + rows_per_task - 1).min(kh);
-            let k1 = (h + ph).saturating_sub(oy).clamp(k0, kh);
+            let k0 = ph.saturating_sub(st * (oy + rows_per_task - 1)).min(kh);
+            let k1 = (h + ph).saturating_sub(st * oy).clamp(k0, kh);
             // Unit `r`'s output row and image, and where its slab starts.
-            let unit = |r: usize| if across_images { (oy, img0 + r, r * slab_rows * c * wp) } else { (oy + r, img0, r * c * wp) };
+            let unit = |r: usize| if across_images { (oy, img0 + r, r * slab_rows * c * wp) } else { (oy + r, img0, st * r * c * wp) };
             for mb in 0..mblocks {
                 let init: [f32; OC] = std::array::from_fn(|o| bias.and_then(|b| b.get(mb * OC + o)).copied().unwrap_or(0.0));
                 let channels = OC.min(m - mb * OC);
@@ -361,12 +398,12 @@ mod avx512 {
                     let x0 = xb * px;
                     let valid = px.min(ow - x0);
                     // SAFETY: loads stay inside the slab (each unit's rows `0..slab_rows`, columns
-                    // `x0 + kj .. x0 + kj + px` ≤ wp) and `wk`'s block `mb`; stores write `valid`
+                    // `x0 + cols[kj] .. x0 + cols[kj] + px` ≤ wp) and `wk`'s block `mb`; stores write `valid`
                     // floats of the units' rows (those of real rows and images) of channels
                     // `mb·OC ..`, which only this task writes.
                     unsafe {
                         let units: [*const f32; R] = std::array::from_fn(|r| slab.as_ptr().add(unit(r).2 + x0));
-                        let acc = block::<OC, V, R>(units, wp, c, k0..k1, kw, wk.as_ptr().add(mb * c * taps * OC), init);
+                        let acc = block::<OC, V, R>(units, wp, c, k0..k1, &cols, wk.as_ptr().add(mb * c * taps * OC), init);
                         for (o, v) in acc.iter().enumerate().take(channels) {
                             for (r, row) in v.chunks_exact(V / R).enumerate() {
                                 let (y, img, _) = unit(r);
@@ -381,6 +418,47 @@ mod avx512 {
                 }
             }
         });
+    }
+
+    /// Writes `src`, the input columns from padded column `pw` on, into `row` de-interleaved:
+    /// padded column `p` at `(p % 2)·half + p / 2`. Thirty-two columns per step, split into
+    /// their even and odd ones in registers.
+    #[target_feature(enable = "avx512f")]
+    fn deinterleave(src: &[f32], row: &mut [f32], pw: usize, half: usize) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // Where src[2i] and src[2i + 1] go, for i = 0.
+        let (to_even, to_odd) = if pw % 2 == 0 { (pw / 2, half + pw / 2) } else { (half + pw / 2, (pw + 1) / 2) };
+        let steps = src.len() / 32;
+        assert!(to_even.max(to_odd) + 16 * steps <= row.len());
+        for i in 0..steps {
+            // SAFETY: reads src[32i .. 32i + 32] (< len); writes 16 floats from to_even + 16i and
+            // from to_odd + 16i, inside `row` (asserted above).
+            unsafe {
+                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(32 * i)), _mm512_loadu_ps(src.as_ptr().add(32 * i + 16)));
+                _mm512_storeu_ps(row.as_mut_ptr().add(to_even + 16 * i), _mm512_permutex2var_ps(a, even, b));
+                _mm512_storeu_ps(row.as_mut_ptr().add(to_odd + 16 * i), _mm512_permutex2var_ps(a, odd, b));
+            }
+        }
+        for (j, &v) in src.iter().enumerate().skip(32 * steps) {
+            row[(pw + j) % 2 * half + (pw + j) / 2] = v;
+        }
+    }
+
+    /// Writes `src[0], src[2], …` into `row` sixteen at a time while both hold them; returns how
+    /// many it wrote.
+    #[target_feature(enable = "avx512f")]
+    pub fn even_columns(src: &[f32], row: &mut [f32]) -> usize {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let steps = (src.len() / 32).min(row.len() / 16);
+        for i in 0..steps {
+            // SAFETY: reads src[32i .. 32i + 32] and writes row[16i .. 16i + 16], both in bounds.
+            unsafe {
+                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(32 * i)), _mm512_loadu_ps(src.as_ptr().add(32 * i + 16)));
+                _mm512_storeu_ps(row.as_mut_ptr().add(16 * i), _mm512_permutex2var_ps(a, even, b));
+            }
+        }
+        16 * steps
     }
 
     /// [`super::tap_rows`] once its bounds are checked.
@@ -524,10 +602,12 @@ mod avx512 {
 
     /// The OC × V vectors of sums of one block (`V/R` vectors on each of `R` units) over kernel
     /// rows `ks`: `units[r]` points at unit `r`'s first padded row, channel 0, column `x0`
-    /// (channels `wp` floats apart, rows `C·wp`), `w` at the block's packed weights.
+    /// (channels `wp` floats apart, rows `C·wp`), tap `kj` reading from `cols[kj]` on, `w` at the
+    /// block's packed weights.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn block<const OC: usize, const V: usize, const R: usize>(units: [*const f32; R], wp: usize, c: usize, ks: std::ops::Range<usize>, kw: usize, w: *const f32, init: [f32; OC]) -> [[__m512; V]; OC] {
+    pub(crate) unsafe fn block<const OC: usize, const V: usize, const R: usize>(units: [*const f32; R], wp: usize, c: usize, ks: std::ops::Range<usize>, cols: &[usize], w: *const f32, init: [f32; OC]) -> [[__m512; V]; OC] {
+        let kw = cols.len();
         let nv = V / R;
         let mut acc: [[__m512; V]; OC] = init.map(|b| [_mm512_set1_ps(b); V]);
         for ki in ks {
@@ -542,8 +622,8 @@ mod avx512 {
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * i) as *const i8);
                     }
                 }
-                for kj in 0..kw {
-                    let v: [__m512; V] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i / nv].add(kj + 16 * (i % nv))) });
+                for (kj, &col) in cols.iter().enumerate() {
+                    let v: [__m512; V] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i / nv].add(col + 16 * (i % nv))) });
                     let wt = unsafe { wrow.add(kj * OC) };
                     for (o, a) in acc.iter_mut().enumerate() {
                         let b = _mm512_set1_ps(unsafe { *wt.add(o) });
@@ -632,6 +712,38 @@ mod tests {
         if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), Some(&shortcut), &mut got, &g, Some(&kept)) {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-4, "{n}×{h}×{w} with a shortcut: off by {worst}");
+        }
+    }
+
+    /// Strided by two (taps read de-interleaved rows) against the im2col route: ResNet's 3×3
+    /// downsampling convs on even and odd sizes, rows wide enough for one row per block, two and
+    /// four; a 7×7 and a 2×2 kernel (even taps read the odd half's end); a shortcut.
+    #[test]
+    fn strided_direct_conv_matches_im2col() {
+        let mut seed = 3u32;
+        let mut rand = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (n, c, h, w, k, pad) in [(1, 16, 9, 140, 3, 1), (2, 16, 8, 70, 3, 1), (3, 20, 7, 9, 3, 1), (5, 16, 4, 30, 3, 1), (1, 16, 11, 37, 7, 3), (2, 17, 6, 35, 2, 0)] {
+            let (oh, ow) = ((h + 2 * pad - k) / 2 + 1, (w + 2 * pad - k) / 2 + 1);
+            let m = 9;
+            let g = ConvGeometry { input: [n, c, h, w], output: [n, m, oh, ow], kernel: [k, k], stride: [2, 2], dilation: [1, 1], pad: [pad, pad], groups: 1 };
+            let (xs, ws, bias) = (rand(n * c * h * w), rand(m * c * k * k), rand(m));
+            let len = n * m * oh * ow;
+            let shortcut = rand(len);
+            let mut linear = vec![0f32; len];
+            super::super::cpu_kernels::grouped(&xs, &ws, Some(&bias), None, &mut linear, &g);
+            let want: Vec<f32> = linear.iter().zip(&shortcut).map(|(y, r)| (y + r).max(0.0)).collect();
+            let mut got = vec![f32::NAN; len];
+            if conv(&xs, &ws, Some(&bias), Some(Epilogue::Relu), Some(&shortcut), &mut got, &g, None) {
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |a, d| if d.is_nan() { f32::INFINITY } else { a.max(d) });
+                assert!(worst < 1e-4, "{n}×{c}×{h}×{w}, {k}×{k} stride 2: off by {worst}");
+            }
         }
     }
 }

@@ -214,7 +214,7 @@ mod avx512 {
                                 // SAFETY: the block reads V[k]'s C rows of PX lanes and U[k]'s
                                 // block `mb`; the sums land in `sums`' slot.
                                 unsafe {
-                                    let acc = block::<WIDE_OC, WIDE_NV, 1>([v.as_ptr().add(k * vk)], PX, c, 0..1, 1, u.as_ptr().add(k * per_k + mb * c * WIDE_OC), [0.0; WIDE_OC]);
+                                    let acc = block::<WIDE_OC, WIDE_NV, 1>([v.as_ptr().add(k * vk)], PX, c, 0..1, &[0], u.as_ptr().add(k * per_k + mb * c * WIDE_OC), [0.0; WIDE_OC]);
                                     for (o, a) in acc.iter().enumerate() {
                                         let dst = sums.as_mut_ptr().add(k * SK + ((mb - g0) * WIDE_OC + o) * PX);
                                         for (i, &x) in a.iter().enumerate() {

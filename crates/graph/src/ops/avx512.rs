@@ -654,6 +654,17 @@ mod avx512 {
     }
 }
 
+/// Values in [−0.5, 0.5) from a linear congruential sequence, for the kernels' tests.
+#[cfg(test)]
+pub(super) fn test_values(seed: &mut u32, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (*seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,14 +693,7 @@ mod tests {
             groups: 1,
         };
         let mut seed = 7u32;
-        let mut rand = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-                })
-                .collect()
-        };
+        let mut rand = |n: usize| test_values(&mut seed, n);
         let (xs, ws, bias) = (rand(n * 64 * h * w), rand(11 * 64 * 3 * 2), rand(11));
         let len = n * 11 * h * (w - 1);
         let mut want = vec![0f32; len];
@@ -721,14 +725,7 @@ mod tests {
     #[test]
     fn strided_direct_conv_matches_im2col() {
         let mut seed = 3u32;
-        let mut rand = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-                })
-                .collect()
-        };
+        let mut rand = |n: usize| test_values(&mut seed, n);
         for (n, c, h, w, k, pad) in [(1, 16, 9, 140, 3, 1), (2, 16, 8, 70, 3, 1), (3, 20, 7, 9, 3, 1), (5, 16, 4, 30, 3, 1), (1, 16, 11, 37, 7, 3), (2, 17, 6, 35, 2, 0)] {
             let (oh, ow) = ((h + 2 * pad - k) / 2 + 1, (w + 2 * pad - k) / 2 + 1);
             let m = 9;

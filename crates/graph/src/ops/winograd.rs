@@ -302,15 +302,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(seed: &mut u32, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                (*seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::ops::avx512::test_values as rand;
 
     /// Against the gemm-per-tap route on odd and even sizes, pads 0–2 (outputs narrower, as wide
     /// and wider than the input), rows of tiles that fill several vectors or a fraction of one,

@@ -5,12 +5,13 @@
 //! over input channels as sixteen small matrix products, `M[k] = U[k] · V[k]`, run by the direct
 //! convolution's register block. The weights' transform `U = G g Gᵀ` is made once per plan.
 //!
-//! A task takes a band of output rows of one image: it pads the input rows it reads, transforms
-//! every 4×4 block of them (`V`, sixteen tiles per vector, de-interleaved from the rows in
-//! registers), then for each group of output channels sums `M` for sixty-four tiles at a time and
-//! transforms them straight into the output rows with the bias, shortcut and activation. F(2×2,
-//! 3×3)'s transforms hold only ±1 and ½, so its results stay within a few ulps of the direct sum
-//! (larger tiles, F(4×4, 3×3), trade that accuracy for fewer products).
+//! A task takes a band of rows of 2×2 tiles (across images where the planes are small): it pads
+//! the input rows they read, then for sixty-four tiles at a time transforms their 4×4 blocks
+//! (`V`, sixteen tiles per vector, de-interleaved from the rows in registers), sums `M` for each
+//! group of output channels and transforms the sums straight into the output rows with the bias,
+//! shortcut and activation. F(2×2, 3×3)'s transforms hold only ±1 and ½, so its results stay
+//! within ~1e-5 of the direct sum's at unit scale (measured on ResNet's and DB's shapes; larger
+//! tiles, F(4×4, 3×3), trade that accuracy for fewer products).
 
 use super::cpu_kernels::{ConvGeometry, Epilogue, PackedWeights};
 

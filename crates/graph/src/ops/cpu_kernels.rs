@@ -158,6 +158,44 @@ fn map16(v: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+/// Mean (or maximum) of each run of `row` contiguous values of a flex tensor: global pooling
+/// over NCHW planes, parallel over planes with sixteen partial sums each. Burn's flex reduction
+/// took twice as long on MobileNet's squeeze-and-excite pools (240 channels at 16×16, batch 64:
+/// 0.47 ms). `None` on other tensors.
+pub fn reduce_rows(ctx: &Ctx, x: &T, row: usize, max: bool) -> Option<T> {
+    if !enabled() || row == 0 {
+        return None;
+    }
+    let xs = flex_slice(x)?;
+    if xs.len() % row != 0 {
+        return None;
+    }
+    let mut out = vec![0f32; xs.len() / row];
+    let per_task = (1usize << 14).div_ceil(row);
+    out.par_chunks_mut(per_task).zip(xs.par_chunks(per_task * row)).for_each(|(o, x)| reduce_chunk(o, x, row, max));
+    Some(B::float_from_data(TensorData::new(out, vec![xs.len() / row]), &ctx.device))
+}
+
+simd_fn! {
+fn reduce_chunk(o: &mut [f32], x: &[f32], row: usize, max: bool) {
+    let body = row / 16 * 16;
+    for (o, r) in o.iter_mut().zip(x.chunks_exact(row)) {
+        let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; 16];
+        for k in (0..body).step_by(16) {
+            let v: [f32; 16] = r[k..k + 16].try_into().expect("16 lanes");
+            for l in 0..16 {
+                acc[l] = if max { acc[l].max(v[l]) } else { acc[l] + v[l] };
+            }
+        }
+        *o = if max {
+            r[body..].iter().chain(&acc).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+        } else {
+            (r[body..].iter().sum::<f32>() + acc.iter().sum::<f32>()) / row as f32
+        };
+    }
+}
+}
+
 /// Softmax (or log-softmax) over rows of `row` contiguous values, in place, on flex tensors this
 /// step owns alone.
 pub fn softmax_in_place(t: T, row: usize, log: bool) -> Result<T, T> {

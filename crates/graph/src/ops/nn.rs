@@ -44,10 +44,13 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
             // where the spatial dims flatten as a view only with channels last.
             let (n, c, hw) = (x.ty.shape[0], x.ty.shape[1], x.ty.shape[2..].iter().product());
             let rank = out.len();
-            kernel(vec![TypeInfo::new(ElemType::F32, out.clone())], vec![0], move |_, mut v| {
+            kernel(vec![TypeInfo::new(ElemType::F32, out.clone())], vec![0], move |ctx, mut v| {
                 let x = v.remove(0);
                 let reduce = |t, dim| if max { B::float_max_dim(t, dim) } else { B::float_mean_dim(t, dim) };
                 if is_flex(&x) {
+                    if let Some(y) = cpu_kernels::reduce_rows(ctx, &x, hw, max) {
+                        return vec![reshape(y, &out)];
+                    }
                     return vec![reshape(reduce(reshape(x, &[n, c, hw]), 2), &out)];
                 }
                 let last: Vec<usize> = std::iter::once(0).chain(2..rank).chain([1]).collect();

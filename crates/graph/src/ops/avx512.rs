@@ -2,7 +2,7 @@
 //! docTR's shapes. Each step of an inner loop loads two 16-float vectors and broadcasts eight
 //! values into sixteen accumulators (8 rows × 32 columns of the result; 6 × 64 measured no
 //! faster), so the FMA units rather than the loads set the pace, and each result is stored once.
-//! - [`conv`]: stride-1 dense convolutions over many channels (DB's 3×3 FPN and head convs: 256 →
+//! - [`conv`]: stride-1 and stride-2 dense convolutions over many channels (DB's 3×3 FPN and head convs: 256 →
 //!   64 channels at 256×256, 19 GFLOP each), each group of output rows zero-padding the input rows
 //!   it reads once instead of once per tap as the gemm-per-tap route packs them (DB's two big
 //!   convs 56 → 47 ms each).
@@ -32,7 +32,7 @@ const NARROW_NV: usize = 2;
 const PANEL_FLOATS: usize = 8192;
 const MAX_CHUNK_BLOCKS: usize = 16;
 
-/// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 and undilated;
+/// Runs the convolution when this CPU has AVX-512 and the conv is dense, stride 1 or 2 and undilated;
 /// false leaves it to the caller. `residual` (the output's size) is added before the epilogue;
 /// `packed` keeps the packed weights across calls.
 #[allow(clippy::too_many_arguments)]
@@ -282,7 +282,7 @@ pub fn tap_rows(
 
 /// The register block and its store, shared with `winograd`'s sums.
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::{block, store};
+pub(super) use avx512::{block, even_odd, store};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -420,13 +420,25 @@ mod avx512 {
         });
     }
 
+    /// The 32 floats from `src` split into their even and odd positions, sixteen each.
+    ///
+    /// # Safety
+    /// 32 floats are readable from `src`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn even_odd(src: *const f32) -> [__m512; 2] {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // SAFETY: the caller gives 32 floats.
+        let (a, b) = unsafe { (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))) };
+        [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)]
+    }
+
     /// Writes `src`, the input columns from padded column `pw` on, into `row` de-interleaved:
     /// padded column `p` at `(p % 2)·half + p / 2`. Thirty-two columns per step, split into
     /// their even and odd ones in registers.
     #[target_feature(enable = "avx512f")]
     fn deinterleave(src: &[f32], row: &mut [f32], pw: usize, half: usize) {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         // Where src[2i] and src[2i + 1] go, for i = 0.
         let (to_even, to_odd) = if pw % 2 == 0 { (pw / 2, half + pw / 2) } else { (half + pw / 2, (pw + 1) / 2) };
         let steps = src.len() / 32;
@@ -435,9 +447,9 @@ mod avx512 {
             // SAFETY: reads src[32i .. 32i + 32] (< len); writes 16 floats from to_even + 16i and
             // from to_odd + 16i, inside `row` (asserted above).
             unsafe {
-                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(32 * i)), _mm512_loadu_ps(src.as_ptr().add(32 * i + 16)));
-                _mm512_storeu_ps(row.as_mut_ptr().add(to_even + 16 * i), _mm512_permutex2var_ps(a, even, b));
-                _mm512_storeu_ps(row.as_mut_ptr().add(to_odd + 16 * i), _mm512_permutex2var_ps(a, odd, b));
+                let [even, odd] = even_odd(src.as_ptr().add(32 * i));
+                _mm512_storeu_ps(row.as_mut_ptr().add(to_even + 16 * i), even);
+                _mm512_storeu_ps(row.as_mut_ptr().add(to_odd + 16 * i), odd);
             }
         }
         for (j, &v) in src.iter().enumerate().skip(32 * steps) {
@@ -449,13 +461,11 @@ mod avx512 {
     /// many it wrote.
     #[target_feature(enable = "avx512f")]
     pub fn even_columns(src: &[f32], row: &mut [f32]) -> usize {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let steps = (src.len() / 32).min(row.len() / 16);
         for i in 0..steps {
             // SAFETY: reads src[32i .. 32i + 32] and writes row[16i .. 16i + 16], both in bounds.
             unsafe {
-                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(32 * i)), _mm512_loadu_ps(src.as_ptr().add(32 * i + 16)));
-                _mm512_storeu_ps(row.as_mut_ptr().add(16 * i), _mm512_permutex2var_ps(a, even, b));
+                _mm512_storeu_ps(row.as_mut_ptr().add(16 * i), even_odd(src.as_ptr().add(32 * i))[0]);
             }
         }
         16 * steps

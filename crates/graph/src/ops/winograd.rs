@@ -62,7 +62,7 @@ mod avx512 {
     use rayon::prelude::*;
 
     use super::{ConvGeometry, Epilogue, PackedWeights};
-    use crate::ops::avx512::{block, store, WIDE_NV, WIDE_OC};
+    use crate::ops::avx512::{WIDE_NV, WIDE_OC, block, even_odd, store};
     use crate::ops::cpu_kernels::SendPtr;
 
     /// Tiles per register block (sixteen per vector).
@@ -258,14 +258,11 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn input_tiles(src: *const f32, row: usize, dst: *mut f32, stride: usize) {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         // d[i][j]: column j of row i of each tile (input column 2t + j of tile t).
         let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
             // SAFETY: the caller's rows hold 34 floats from `src`.
-            let p = unsafe { src.add(i * row) };
-            let (a, b, a2, b2) = unsafe { (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18))) };
-            [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b), _mm512_permutex2var_ps(a2, even, b2), _mm512_permutex2var_ps(a2, odd, b2)]
+            let (p, q) = unsafe { (even_odd(src.add(i * row)), even_odd(src.add(i * row + 2))) };
+            [p[0], p[1], q[0], q[1]]
         });
         // Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]], along each row then down.
         let across = |[d0, d1, d2, d3]: [__m512; 4]| [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];

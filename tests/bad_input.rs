@@ -66,7 +66,8 @@ fn truncated_file_is_a_decode_error_at_every_cut() {
         .node("MatMul", &["x", "w"], &["y"], &[])
         .output("y", FLOAT, &[1, 4])
         .bytes();
-    let path = std::env::temp_dir().join(format!("kiln-truncated-{}.onnx", std::process::id()));
+    let dir = kiln_fixtures::ScratchDir::new("kiln-bad-input").unwrap();
+    let path = dir.path().join("kiln-truncated.onnx");
     for cut in 1..b.len() {
         std::fs::write(&path, &b[..cut]).unwrap();
         match Graph::load(&path) {
@@ -77,7 +78,6 @@ fn truncated_file_is_a_decode_error_at_every_cut() {
             }
         }
     }
-    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
@@ -180,9 +180,8 @@ fn int_graph_input_is_checked() {
 
 #[test]
 fn missing_fixtures_are_a_typed_error() {
-    let dir = std::env::temp_dir().join(format!("kiln-no-fixtures-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let e = kiln_fixtures::Manifest::load(&dir).unwrap_err();
+    let dir = kiln_fixtures::ScratchDir::new("kiln-bad-input").unwrap();
+    let e = kiln_fixtures::Manifest::load(dir.path()).unwrap_err();
     assert!(matches!(e, kiln_fixtures::FixtureError::Missing(_)), "{e}");
     assert!(e.to_string().contains("cargo xtask fixtures"));
 }

@@ -129,11 +129,12 @@ fn pdf_pages_are_read() {
 
 #[test]
 fn bad_pdfs_are_typed_errors() {
-    let empty = scratch("empty.pdf");
+    let dir = scratch();
+    let empty = dir.path().join("empty.pdf");
     std::fs::write(&empty, b"%PDF-1.4\n%%EOF\n").unwrap();
     let e = kiln::pdf::load_pages(&empty).unwrap_err();
     assert!(matches!(e, Error::Pdf { .. }) && e.to_string().contains("empty.pdf"), "{e}");
-    let truncated = scratch("truncated.pdf");
+    let truncated = dir.path().join("truncated.pdf");
     let whole = std::fs::read(pages_dir().join("two_pages.pdf")).unwrap();
     std::fs::write(&truncated, &whole[..whole.len() / 3]).unwrap();
     // Either refused or read as what survives; never a panic.
@@ -149,10 +150,9 @@ fn a_zero_size_page_is_refused() {
     assert!(matches!(e, Error::PageSize { .. }), "{e}");
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-ocr-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A directory removed when the test ends, pass or fail.
+fn scratch() -> kiln_fixtures::ScratchDir {
+    kiln_fixtures::ScratchDir::new("kiln-ocr").unwrap()
 }
 
 /// A PNG whose header claims `w`×`h` (CRC fixed up), with a 1×1 body: enough to test refusals
@@ -181,17 +181,18 @@ fn crc32(data: &[u8]) -> u32 {
 
 #[test]
 fn bad_images_are_typed_errors_naming_the_file() {
-    let garbage = scratch("garbage.png");
+    let dir = scratch();
+    let garbage = dir.path().join("garbage.png");
     std::fs::write(&garbage, b"definitely not an image").unwrap();
     let e = kiln::image_io::load_image(&garbage).unwrap_err();
     assert!(matches!(e, Error::Image { .. }) && e.to_string().contains("garbage.png"), "{e}");
 
-    let huge = scratch("huge.png");
+    let huge = dir.path().join("huge.png");
     std::fs::write(&huge, png_claiming(20000, 20000)).unwrap();
     let e = kiln::image_io::load_image(&huge).unwrap_err();
     assert!(matches!(e, Error::PageSize { width: 20000, height: 20000, .. }), "{e}");
 
-    let empty = scratch("empty.png");
+    let empty = dir.path().join("empty.png");
     std::fs::write(&empty, png_claiming(0, 0)).unwrap();
     let e = kiln::image_io::load_image(&empty).unwrap_err();
     // The PNG decoder itself refuses a zero dimension; either way the page is rejected, named.

@@ -320,15 +320,15 @@ fn compat(
     let names = selected(set, models, &manifest);
     check_cards(&names)?;
     let exe = std::env::current_exe()?;
-    let tmp = std::env::temp_dir().join(format!("kiln-compat-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
+    // The workers' result files, removed when compat returns.
+    let tmp = kiln_fixtures::ScratchDir::new("kiln-compat")?;
     let mut rows: Vec<Row> = vec![];
     for backend in backends {
         let b: Backend = backend.parse()?;
         let modes: Vec<&str> = if b.fuses() { modes.iter().map(String::as_str).collect() } else { vec!["eager"] };
         for mode in modes {
             // Fused and eager cannot share a process: one worker per backend and mode.
-            let out = tmp.join(format!("{backend}-{mode}.json"));
+            let out = tmp.path().join(format!("{backend}-{mode}.json"));
             let mut cmd = Command::new(&exe);
             cmd.args(["compat-worker", "--backend", backend, "--mode", mode, "--json"]).arg(&out);
             cmd.arg("--models").arg(names.join(","));

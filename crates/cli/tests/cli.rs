@@ -1,15 +1,14 @@
 //! The `kiln` binary end to end: inspect, run, and errors that name the file.
 
-use std::path::PathBuf;
 use std::process::Command;
 
+use kiln_fixtures::ScratchDir;
 use kiln_fixtures::onnx_builder::{FLOAT, OnnxBuilder};
 use kiln_graph::{TensorData, npy};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory removed when the test ends, pass or fail.
+fn scratch() -> ScratchDir {
+    ScratchDir::new("kiln-cli").unwrap()
 }
 
 fn kiln(args: &[&str]) -> std::process::Output {
@@ -18,8 +17,8 @@ fn kiln(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn run_writes_outputs_as_npy() {
-    let dir = scratch("run");
-    let model = dir.join("scale.onnx");
+    let dir = scratch();
+    let model = dir.path().join("scale.onnx");
     let bytes = OnnxBuilder::new(17)
         .input("x", FLOAT, &[-1, 3])
         .init_f32("k", &[3], &[1.0, 2.0, 3.0])
@@ -27,9 +26,9 @@ fn run_writes_outputs_as_npy() {
         .output("y", FLOAT, &[-1, 3])
         .bytes();
     std::fs::write(&model, bytes).unwrap();
-    let x = dir.join("x.npy");
+    let x = dir.path().join("x.npy");
     npy::write(&x, &TensorData::new(vec![1.0f32, 1.0, 1.0, 2.0, 2.0, 2.0], vec![2, 3])).unwrap();
-    let out = dir.join("out");
+    let out = dir.path().join("out");
     let o = kiln(&["run", model.to_str().unwrap(), "--input", x.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let y = npy::read(&out.join("y.npy")).unwrap();
@@ -39,8 +38,8 @@ fn run_writes_outputs_as_npy() {
 
 #[test]
 fn inspect_lists_ops_and_flags_unsupported_ones() {
-    let dir = scratch("inspect");
-    let model = dir.join("custom.onnx");
+    let dir = scratch();
+    let model = dir.path().join("custom.onnx");
     let bytes = OnnxBuilder::new(17)
         .input("x", FLOAT, &[1, 3])
         .node("Relu", &["x"], &["r"], &[])
@@ -57,10 +56,10 @@ fn inspect_lists_ops_and_flags_unsupported_ones() {
 
 #[test]
 fn corrupt_model_fails_naming_the_file() {
-    let dir = scratch("corrupt");
-    let model = dir.join("broken.onnx");
+    let dir = scratch();
+    let model = dir.path().join("broken.onnx");
     std::fs::write(&model, b"this is not a protobuf at all").unwrap();
-    let x = dir.join("x.npy");
+    let x = dir.path().join("x.npy");
     npy::write(&x, &TensorData::new(vec![0.0f32; 3], vec![1, 3])).unwrap();
     let o = kiln(&["run", model.to_str().unwrap(), "--input", x.to_str().unwrap()]);
     assert!(!o.status.success());
@@ -74,8 +73,8 @@ fn corrupt_model_fails_naming_the_file() {
 #[test]
 fn ocr_reads_the_sample_page() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/sample-page.png");
-    let dir = scratch("ocr");
-    let json = dir.join("sample.json");
+    let dir = scratch();
+    let json = dir.path().join("sample.json");
     let o = kiln(&["ocr", sample, "--text", "--json", json.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout).to_lowercase();
@@ -91,8 +90,8 @@ fn ocr_reads_the_sample_page() {
 
 #[test]
 fn ocr_on_a_broken_image_names_it() {
-    let dir = scratch("ocr-broken");
-    let bad = dir.join("broken.jpg");
+    let dir = scratch();
+    let bad = dir.path().join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff not really a jpeg").unwrap();
     let o = kiln(&["ocr", bad.to_str().unwrap()]);
     assert!(!o.status.success());

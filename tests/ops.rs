@@ -533,6 +533,11 @@ fn conv_matches_its_definition() {
         // (shallow) or a gemm (deep).
         ([2, 20, 9, 70], [12, 20, 1, 1], 2, 1, [0, 0, 0, 0], 1),
         ([1, 300, 6, 40], [8, 300, 1, 1], 2, 1, [0, 0, 0, 0], 1),
+        // 5×5 depthwise convs with the lanes across channels (AVX-512): a block of sixteen and
+        // a tail, strided with asymmetric pads, over an 8×8 plane, dilated.
+        ([2, 24, 16, 16], [24, 1, 5, 5], 2, 1, [2, 2, 1, 2], 24),
+        ([3, 40, 8, 8], [40, 1, 5, 5], 1, 1, [2, 2, 2, 2], 40),
+        ([1, 20, 11, 13], [20, 1, 5, 5], 1, 2, [4, 3, 4, 5], 20),
     ];
     let mut rand = uniform(1);
     // Each case also with an activation after it, which a load pass folds into the conv.
@@ -751,10 +756,10 @@ fn raw_weights_load_exactly_at_every_byte_offset() {
     let want: Vec<f32> = (0..3)
         .map(|j| (0..4).map(|i| [i as f32 + 0.25, -(i as f32) * 10.0, 1e-3 * i as f32][j]).fold(1.0, |a, v| a + v))
         .collect();
-    let path = std::env::temp_dir().join(format!("kiln-offsets-{}.onnx", std::process::id()));
+    let dir = kiln_fixtures::ScratchDir::new("kiln-ops").unwrap();
+    let path = dir.path().join("offsets.onnx");
     std::fs::write(&path, b.bytes()).unwrap();
     let from_file = Graph::load(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
     for g in [from_file, Graph::from_bytes(b.bytes(), "offsets.onnx").unwrap()] {
         let plan = g.compile(Backend::Flex, Mode::Fused, &[vec![1, 3]]).unwrap();
         let out = plan.run(&[TensorData::new(vec![1.0f32; 3], vec![1, 3])]).unwrap();

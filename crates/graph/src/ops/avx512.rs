@@ -282,7 +282,7 @@ pub fn tap_rows(
 
 /// The register block and its store, shared with `winograd`'s sums.
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::{block, even_odd, store};
+pub(super) use avx512::{activate, block, even_odd, store};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -597,7 +597,7 @@ mod avx512 {
     /// `epilogue` on one vector, as [`Epilogue::apply`] does on a slice.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn activate(epilogue: Option<Epilogue>, v: __m512) -> __m512 {
+    pub(crate) fn activate(epilogue: Option<Epilogue>, v: __m512) -> __m512 {
         let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
         match epilogue {
             None => v,

@@ -7,6 +7,7 @@
 
 mod avx512;
 mod cpu_kernels;
+mod depthwise_channels;
 mod elementwise;
 mod lstm;
 mod nn;

@@ -280,6 +280,12 @@ pub fn tap_rows(
     false
 }
 
+/// The first `valid` of sixteen lanes (all of them from sixteen on).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn lane_mask(valid: usize) -> u16 {
+    if valid >= 16 { 0xffff } else { ((1u32 << valid) - 1) as u16 }
+}
+
 /// The register block and its store, shared with `winograd`'s sums.
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx512::{activate, block, even_odd, store};
@@ -492,11 +498,7 @@ mod avx512 {
         let (m, taps, px) = (packed.m, packed.taps, 16 * NV);
         let masks = |x0: usize| -> [u16; NV] {
             let valid = px.min(ow - x0);
-            std::array::from_fn(|i| match valid.saturating_sub(16 * i) {
-                0 => 0,
-                v if v >= 16 => 0xffff,
-                v => ((1u32 << v) - 1) as u16,
-            })
+            std::array::from_fn(|i| super::lane_mask(valid.saturating_sub(16 * i)))
         };
         for oy in rows {
             for c0 in (0..ow).step_by(chunk) {
@@ -569,7 +571,7 @@ mod avx512 {
             for (k, a) in acc.iter().enumerate() {
                 let at = (b + k) * 16;
                 let valid = (o.len() - at).min(16);
-                let mask = if valid == 16 { 0xffff } else { ((1u32 << valid) - 1) as u16 };
+                let mask = super::lane_mask(valid);
                 // SAFETY: the masked lanes end at `at + valid` ≤ `o.len()`.
                 unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(at), mask, activate(epilogue, *a)) };
             }
@@ -653,7 +655,7 @@ mod avx512 {
     pub(crate) unsafe fn store(dst: *mut f32, v: &[__m512], valid: usize, residual: Option<*const f32>, epilogue: Option<Epilogue>) {
         for (i, &x) in v.iter().enumerate().take(valid.div_ceil(16)) {
             let n = valid - 16 * i;
-            let mask = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+            let mask = super::lane_mask(n);
             // SAFETY: the caller owns `valid` floats at `dst` and gives `valid` at `residual`.
             let x = match residual {
                 Some(r) => _mm512_add_ps(x, unsafe { _mm512_maskz_loadu_ps(mask, r.add(16 * i)) }),

@@ -42,7 +42,7 @@ mod avx512 {
     use rayon::prelude::*;
 
     use super::{ConvGeometry, Epilogue};
-    use crate::ops::avx512::activate;
+    use crate::ops::avx512::{activate, lane_mask};
     use crate::ops::cpu_kernels::SendPtr;
 
     /// Floats of one task's padded input rows at most (512 KB, within L2), unless a single output
@@ -238,10 +238,6 @@ mod avx512 {
             // SAFETY: the caller's.
             unsafe { _mm512_storeu_ps(dst.add((ox + k) * 16), activate(epilogue, a)) };
         }
-    }
-
-    fn lane_mask(valid: usize) -> u16 {
-        if valid >= 16 { 0xffff } else { ((1u32 << valid) - 1) as u16 }
     }
 
     /// Rows `r[i][j]` to columns: `out[j][i] = r[i][j]`.

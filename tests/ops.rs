@@ -1,4 +1,4 @@
-//! Op and pass semantics on small hand-checked graphs (flex backend).
+//! Op and pass semantics on small hand-checked graphs (flex backend; wgpu where its route differs).
 
 mod common;
 
@@ -6,8 +6,12 @@ use common::{A, FLOAT, OnnxBuilder};
 use kiln_graph::{Backend, Graph, Mode, TensorData};
 
 fn run(b: OnnxBuilder, input: TensorData) -> (Vec<TensorData>, Graph, usize) {
+    run_on(Backend::Flex, b, input)
+}
+
+fn run_on(backend: Backend, b: OnnxBuilder, input: TensorData) -> (Vec<TensorData>, Graph, usize) {
     let g = Graph::from_bytes(b.bytes(), "test.onnx").unwrap();
-    let plan = g.compile(Backend::Flex, Mode::Fused, &[input.shape().to_vec()]).unwrap();
+    let plan = g.compile(backend, Mode::Fused, &[input.shape().to_vec()]).unwrap();
     let (out, stats) = plan.run_with_stats(&[input]).unwrap();
     assert_eq!(stats.host_reads, 0, "a forward must not read back to the host");
     let steps = plan.num_steps();
@@ -236,6 +240,45 @@ fn residual_add_folds_into_the_conv() {
             let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-5, "fused block off by {worst} (width {w}, project {project}, keep {keep:?})");
         }
+    }
+}
+
+/// LinkNet's decoder tail, `relu(conv1×1(x)) + sigmoid(x)`, then FAST's head, a 1×1 conv to one
+/// channel. With `keep` the first conv's output is also a graph output, which stops the folds.
+fn decoder_tail(keep: bool) -> OnnxBuilder {
+    let wave = |n: usize, seed: usize| (0..n).map(|i| ((i * 7 + seed * 13) as f32 * 0.7).sin() * 0.4).collect::<Vec<_>>();
+    let mut b = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[2, 8, 6, 7])
+        .init_f32("w", &[8, 8, 1, 1], &wave(64, 1))
+        .init_f32("b", &[8], &wave(8, 2))
+        .init_f32("w1", &[1, 8, 1, 1], &wave(8, 3))
+        .init_f32("b1", &[1], &[0.25])
+        .node("Conv", &["x", "w", "b"], &["y"], &[])
+        .node("Relu", &["y"], &["r"], &[])
+        .node("Sigmoid", &["x"], &["s"], &[])
+        .node("Add", &["r", "s"], &["sum"], &[])
+        .node("Conv", &["sum", "w1", "b1"], &["p"], &[])
+        .output("p", FLOAT, &[2, 1, 6, 7]);
+    if keep {
+        b = b.output("y", FLOAT, &[2, 8, 6, 7]);
+    }
+    b
+}
+
+#[test]
+fn add_after_the_activation_folds_into_the_conv() {
+    let x = TensorData::new((0..2 * 8 * 6 * 7).map(|v| ((v * 37 % 23) as f32 - 11.0) / 7.0).collect::<Vec<_>>(), vec![2, 8, 6, 7]);
+    let (plain, g, _) = run(decoder_tail(true), x.clone());
+    assert_eq!(g.load_stats().conv_residuals_fused, 0, "a conv whose output is a graph output keeps its Add");
+    let want = floats(&plain[0]);
+    // On wgpu the Add joins the matmul's epilogue and the one-channel conv is a reduction.
+    for backend in [Backend::Flex, Backend::Wgpu] {
+        let (fused, g, steps) = run_on(backend, decoder_tail(false), x.clone());
+        assert_eq!(g.load_stats().conv_residuals_fused, 1, "{backend:?}");
+        assert_eq!(steps, 3, "{backend:?}: the Sigmoid and two convs, the Relu and the Add inside the first");
+        let got = floats(&fused[0]);
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{backend:?}: off by {worst}");
     }
 }
 
@@ -628,6 +671,17 @@ fn conv_transpose_reference(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4]
 
 #[test]
 fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
+    conv_transpose_cases(Backend::Flex);
+}
+
+/// On the CubeCL backends transposed convs with constant weights run as a stride-1 conv over
+/// every output phase and an interleave.
+#[test]
+fn conv_transpose_in_sub_pixel_form_matches_its_definition_on_wgpu() {
+    conv_transpose_cases(Backend::Wgpu);
+}
+
+fn conv_transpose_cases(backend: Backend) {
     // (input, weight [C, M/g, kh, kw], stride, dilation, pads t/l/b/r, output padding, groups):
     // DB's 2×2 stride-2 head, LinkNet's 3×3 stride-2 decoder, a dilated one with asymmetric pads,
     // a grouped one (Burn's kernel), more below.
@@ -640,6 +694,9 @@ fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
         // padding it does not (bias fill and adds).
         ([2, 2, 4, 5], [2, 3, 3, 3], 3, 1, [0, 0, 0, 0], 0, 1),
         ([1, 3, 4, 4], [3, 2, 2, 2], 2, 1, [0, 0, 0, 0], 1, 1),
+        // Sub-pixel phases with uneven pads, pads past the stride, and a crop of the last phase.
+        ([1, 2, 4, 5], [2, 3, 4, 3], 2, 1, [1, 0, 2, 1], 1, 1),
+        ([2, 3, 3, 4], [3, 2, 5, 5], 3, 1, [2, 4, 3, 2], 2, 1),
     ];
     let mut rand = uniform(7);
     for &(xs, ws, stride, dil, pads, out_pad, groups) in cases {
@@ -681,13 +738,13 @@ fn conv_transpose_with_batchnorm_and_relu_matches_its_definition() {
             .node("BatchNormalization", &["c", "scale", "shift", "mean", "var"], &["n"], &[])
             .node("Relu", &["n"], &["y"], &[])
             .output("y", FLOAT, &i64s(&os));
-        let (out, g, steps) = run(b, TensorData::new(x, xs.to_vec()));
+        let (out, g, steps) = run_on(backend, b, TensorData::new(x, xs.to_vec()));
         assert_eq!(out[0].shape().as_slice(), os.as_slice(), "case {xs:?} {ws:?}");
         assert_eq!(g.load_stats().batchnorms_folded, 1, "case {xs:?} {ws:?}");
         assert_eq!(steps, 1, "case {xs:?} {ws:?}: BatchNormalization and Relu run inside the ConvTranspose");
         let got = floats(&out[0]);
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} groups {groups}: off by {worst}");
+        assert!(worst < 1e-5, "{backend:?} case {xs:?} {ws:?} stride {stride} dilation {dil} pads {pads:?} groups {groups}: off by {worst}");
     }
 }
 

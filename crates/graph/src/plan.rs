@@ -87,6 +87,8 @@ impl Plan {
             let t = if channels_last.contains(name.as_str()) {
                 let t = run_guarded(|| ctx.upload(&to_channels_last(data)))?;
                 permute(t, &[0, 3, 1, 2])
+            } else if !backend.fuses() && name.contains(crate::ops::CUBECL_ONLY) {
+                run_guarded(|| ctx.upload(&TensorData::new(Vec::<f32>::new(), [0])))?
             } else {
                 run_guarded(|| ctx.upload(data))?
             };
@@ -156,7 +158,7 @@ impl Plan {
             .into_iter()
             .zip(&self.outputs)
             .map(|(t, (_, ty, _))| {
-                let d = download(t)?;
+                let d = download(single_channel_view(t))?;
                 // Scalars live as `[1]` on the device.
                 Ok(if ty.shape.is_empty() { crate::tensor::reshape_data(d, vec![]) } else { d })
             })
@@ -247,6 +249,18 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// A one-channel map from a channels-last op (Burn's convs and resizes leave `[N, H, W, C]` memory
+/// under the `[N, C, H, W]` view) is contiguous, but its strides do not say so to Burn's read,
+/// which would copy it first (one kernel per output); a reshape through `[N, H, W]` resets them.
+fn single_channel_view(t: T) -> T {
+    use crate::tensor::{Kind, is_flex, kind, reshape, shape};
+    let s = shape(&t);
+    if s.len() != 4 || s[1] != 1 || is_flex(&t) || kind(&t) != Kind::Float {
+        return t;
+    }
+    reshape(reshape(t, &[s[0], s[2], s[3]]), &s)
 }
 
 /// Constant 2-D conv weights with a spatial kernel, read by nothing but convs. On the CubeCL backends

@@ -32,6 +32,11 @@ pub fn kind(t: &T) -> Kind {
     kind_of(t.dtype())
 }
 
+/// Whether a value lives on flex (NCHW buffers, Kiln's CPU kernels) rather than a CubeCL backend.
+pub fn is_flex(t: &T) -> bool {
+    matches!(t.kind, burn_dispatch::DispatchTensorKind::Flex(_))
+}
+
 pub fn shape(t: &T) -> Vec<usize> {
     t.shape().to_vec()
 }

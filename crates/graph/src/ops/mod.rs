@@ -13,6 +13,7 @@ mod lstm;
 mod nn;
 mod reduce;
 mod shape;
+mod subpixel;
 mod winograd;
 
 pub(crate) use cpu_kernels::{output_buffer, reshape_copy};
@@ -62,8 +63,13 @@ pub struct Lowered {
     pub uses: Vec<usize>,
     /// Constants the lowering made (index tensors, masks); uploaded once, passed after `uses`.
     pub extra: Vec<TensorData>,
+    /// The extras serve only the CubeCL route: on flex each is passed as an empty tensor.
+    pub cubecl_only: bool,
     pub kernel: Kernel,
 }
+
+/// Marks the name of a constant that only the CubeCL backends upload ([`Lowered::cubecl_only`]).
+pub const CUBECL_ONLY: &str = "::cubecl";
 
 /// The result of lowering a node.
 pub enum Lowering {
@@ -192,7 +198,17 @@ pub(crate) fn kernel_with(
     extra: Vec<TensorData>,
     f: impl Fn(&Ctx, Vec<T>) -> Vec<T> + Send + Sync + 'static,
 ) -> Result<Lowering> {
-    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, kernel: Arc::new(f) }))
+    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, cubecl_only: false, kernel: Arc::new(f) }))
+}
+
+/// [`kernel_with`] whose extras only the CubeCL route reads.
+pub(crate) fn kernel_with_cubecl(
+    outputs: Vec<TypeInfo>,
+    uses: Vec<usize>,
+    extra: Vec<TensorData>,
+    f: impl Fn(&Ctx, Vec<T>) -> Vec<T> + Send + Sync + 'static,
+) -> Result<Lowering> {
+    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, cubecl_only: true, kernel: Arc::new(f) }))
 }
 
 /// An i64 host tensor.

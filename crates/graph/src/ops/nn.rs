@@ -9,13 +9,14 @@ use burn_backend::ops::{
 
 use super::{
     Input, Lowering, TypeInfo, axis, broadcast, const_floats, const_ints, device_dims, input, kernel, kernel_with,
-    opt_input,
+    kernel_with_cubecl, opt_input,
 };
 use super::cpu_kernels::{self, ConvGeometry, Epilogue};
+use super::subpixel;
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
 use crate::passes;
-use crate::tensor::{B, T, expand, permute, reshape, shape, slice, to_rank};
+use crate::tensor::{B, T, expand, is_flex, permute, reshape, shape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -198,10 +199,12 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     if bias.is_some() {
         uses.push(2);
     }
-    // A shortcut a load pass folded in (`passes::fuse_conv_residual`), added before the epilogue;
-    // the output takes its shape where it broadcasts wider.
-    let residual = node.attrs.contains_key(passes::CONV_RESIDUAL).then(|| opt_input(inputs, 3)).flatten();
-    if node.attrs.contains_key(passes::CONV_RESIDUAL) && residual.is_none() {
+    // A shortcut a load pass folded in (`passes::fuse_conv_residual`), added before the epilogue
+    // or, marked `kiln_add_after`, after it; the output takes its shape where it broadcasts wider.
+    let after = node.attrs.contains_key(passes::CONV_ADD_AFTER);
+    let marked = after || node.attrs.contains_key(passes::CONV_RESIDUAL);
+    let residual = marked.then(|| opt_input(inputs, 3)).flatten();
+    if marked && residual.is_none() {
         bail!(InvalidGraph, "Conv marked with a residual has no fourth input");
     }
     let out = match residual {
@@ -237,28 +240,37 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
         if is_flex(&x) && (r.is_none() || same_shape) {
             let r4 = r.map(|r| reshape(r, &out4));
-            if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, r4.as_ref(), packed.as_ref()) {
-                return vec![lift(y)];
+            // The CPU kernel adds a shortcut before the epilogue; one after it is added here.
+            let (before, later) = if after { (None, r4) } else { (r4, None) };
+            if let Some(y) = cpu_kernels::conv2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue, before.as_ref(), packed.as_ref()) {
+                let y = lift(y);
+                return vec![match later {
+                    Some(r) => B::float_add(y, reshape(r, &out_shape)),
+                    None => y,
+                }];
             }
-            r = r4.map(|r| reshape(r, &out_shape));
+            r = before.or(later).map(|r| reshape(r, &out_shape));
         }
-        // Without the CPU kernel: the shortcut added after the conv, then the epilogue.
-        let with_shortcut = r.is_some();
-        let add = |y: T| match r {
-            Some(r) => B::float_add(lift(y), r),
-            None => lift(y),
+        if pointwise && (r.is_none() || same_shape) {
+            let shortcut = r.map(|r| (reshape(r, &out4), after));
+            return vec![lift(pointwise_matmul(x, w, b, &geometry, epilogue, shortcut))];
+        }
+        // Without the CPU kernel or the matmul: the conv, then the shortcut and the epilogue in
+        // the order the graph had them.
+        let y = if pointwise {
+            pointwise_matmul(x, w, b, &geometry, None, None)
+        } else {
+            if let Some(p) = explicit {
+                x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
+            }
+            with_bias(x, b, |x, b| B::conv2d(x, w, b, options.clone()))
         };
-        if pointwise {
-            if !with_shortcut {
-                return vec![lift(pointwise_matmul(x, w, b, &geometry, epilogue))];
-            }
-            return vec![apply_epilogue(add(pointwise_matmul(x, w, b, &geometry, None)), epilogue)];
-        }
-        if let Some(p) = explicit {
-            x = B::float_pad(x, &[(0, 0), (0, 0), p[0], p[1]], PadMode::Constant(0.0));
-        }
-        let y = with_bias(x, b, |x, b| B::conv2d(x, w, b, options.clone()));
-        vec![apply_epilogue(add(y), epilogue)]
+        let y = lift(y);
+        vec![match r {
+            Some(r) if after => B::float_add(apply_epilogue(y, epilogue), r),
+            Some(r) => apply_epilogue(B::float_add(y, r), epilogue),
+            None => apply_epilogue(y, epilogue),
+        }]
     })
 }
 
@@ -326,14 +338,40 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
         pad: [win.pads[0].0, win.pads[1].0],
         groups,
     };
-    kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
-        let b = (v.len() == 3).then(|| v.remove(2));
+    // On the CubeCL backends, the sub-pixel form where it applies (`subpixel`): constant weights
+    // and bias, one group, no dilation.
+    let sub = (groups == 1 && win.dilation == [1, 1] && bias.is_none_or(|b| b.konst.is_some()))
+        .then(|| {
+            let axes = [0, 1].map(|i| subpixel::Axis::new(xs[2 + i], ws[2 + i], win.stride[i], win.pads[i], op[i]));
+            Some([axes[0]?, axes[1]?])
+        })
+        .flatten()
+        .filter(|a| a[0].out == out_hw[0] && a[1].out == out_hw[1]);
+    let mut extra = vec![];
+    if let (Some(axes), Some(wk)) = (sub, w.konst) {
+        let wv = wk.try_to_vec_as::<f32>().map_err(|e| err!(InvalidGraph, "ConvTranspose weight: {e:?}"))?;
+        extra.push(subpixel::weights(&wv, ws[0], ws[1], axes));
+        if let Some(b) = bias {
+            extra.push(subpixel::bias(&const_floats(b, "ConvTranspose bias")?, axes));
+        }
+    }
+    let sub = sub.filter(|_| !extra.is_empty());
+    let has_bias = bias.is_some();
+    kernel_with_cubecl(vec![TypeInfo::new(ElemType::F32, out.clone())], uses, extra, move |ctx, mut v| {
+        let sub_bias = (sub.is_some() && has_bias).then(|| v.pop().expect("the sub-pixel bias"));
+        // Where the plan was built for flex, the extras are empty stand-ins (Burn's capture device).
+        let sub_weight = sub.is_some().then(|| v.pop().expect("the sub-pixel weight")).filter(|w| shape(w).len() == 4);
+        let b = has_bias.then(|| v.remove(2));
         let w = v.remove(1);
         let x = v.remove(0);
         if let Some(y) = cpu_kernels::conv_transpose2d(ctx, &x, &w, b.as_ref(), &geometry, epilogue) {
             return vec![y];
         }
-        let y = with_bias(x, b, |x, b| B::conv_transpose2d(x, w, b, options.clone()));
+        if let (Some(axes), Some(w)) = (sub, sub_weight) {
+            return vec![sub_pixel_conv_transpose(x, w, sub_bias, axes, out[1], epilogue)];
+        }
+        // Burn's transposed convs add the bias as they scatter, so it stays inside (unlike `with_bias`).
+        let y = B::conv_transpose2d(x, w, b, options.clone());
         let y = match &crop {
             Some(c) => slice(y, c),
             None => y,
@@ -342,9 +380,43 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
     })
 }
 
-/// Whether a value lives on flex (NCHW buffers, Kiln's CPU kernels) rather than a CubeCL backend.
-fn is_flex(t: &T) -> bool {
-    matches!(t.kind, burn_dispatch::DispatchTensorKind::Flex(_))
+/// A transposed conv as a stride-1 conv over every output phase, then the phases interleaved
+/// (`subpixel`). `w` holds the conv's weights channels-last, as `[C, TH, TW, IC]`.
+fn sub_pixel_conv_transpose(x: T, w: T, b: Option<T>, axes: [subpixel::Axis; 2], oc: usize, epilogue: Option<Epilogue>) -> T {
+    let [ay, ax] = axes;
+    let xs = shape(&x);
+    let w = permute(w, &[0, 3, 1, 2]);
+    let channels = ay.stride * ax.stride * oc;
+    let geometry = ConvGeometry {
+        input: [xs[0], xs[1], xs[2], xs[3]],
+        output: [xs[0], channels, ay.rows, ax.rows],
+        kernel: [ay.taps, ax.taps],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pad: [ay.pad.0, ax.pad.0],
+        groups: 1,
+    };
+    let y = if [ay.taps, ax.taps] == [1, 1] && [ay.pad, ax.pad] == [(0, 0); 2] {
+        pointwise_matmul(x, w, b, &geometry, epilogue, None)
+    } else {
+        let options = ConvOptions::new_with_padding([1, 1], [ay.pad, ax.pad], [1, 1], 1);
+        apply_epilogue(with_bias(x, b, |x, b| B::conv2d(x, w, b, options)), epilogue)
+    };
+    let n = xs[0];
+    let y = if ay.stride * ax.stride == 1 {
+        y
+    } else {
+        // Channels-last, the phases of a position are adjacent: `[N, R, C, sh, sw, OC]` →
+        // `[N, R, sh, C, sw, OC]` is the output, channels-last.
+        let nhwc = reshape(permute(y, &[0, 2, 3, 1]), &[n, ay.rows, ax.rows, ay.stride, ax.stride, oc]);
+        let full = reshape(permute(nhwc, &[0, 1, 3, 2, 4, 5]), &[n, ay.rows * ay.stride, ax.rows * ax.stride, oc]);
+        permute(full, &[0, 3, 1, 2])
+    };
+    if ay.rows * ay.stride == ay.out && ax.rows * ax.stride == ax.out {
+        return y;
+    }
+    let all = burn_backend::Slice::new(0, None, 1);
+    slice(y, &[all, all, burn_backend::Slice::new(0, Some(ay.out as isize), 1), burn_backend::Slice::new(0, Some(ax.out as isize), 1)])
 }
 
 /// Runs a conv through Burn. On the fusing backends the bias is added after the conv rather than
@@ -363,22 +435,50 @@ fn with_bias(x: T, bias: Option<T>, conv: impl FnOnce(T, Option<T>) -> T) -> T {
 /// A 1×1 stride-1 conv as a matmul over channels-last pixels (`[N, HW, C] × [C, OC]`), on the
 /// CubeCL backends. Burn runs such a conv as a matmul anyway, but inside its conv op, where fusion
 /// cannot reach; as a matmul op of its own, the bias and the activation a load pass folded into the
-/// conv can fuse into its epilogue (they come before the output is viewed as NCHW, which the matmul
-/// fuser does not follow). Channels-last is the layout Burn's convs leave their outputs in, so the
+/// conv can fuse into its epilogue, and so can a shortcut added before or after the activation
+/// (they come before the output is viewed as NCHW, which the matmul fuser does not follow). Channels-last is the layout Burn's convs leave their outputs in, so the
 /// permutes are views.
-fn pointwise_matmul(x: T, w: T, b: Option<T>, g: &ConvGeometry, epilogue: Option<Epilogue>) -> T {
+fn pointwise_matmul(x: T, w: T, b: Option<T>, g: &ConvGeometry, epilogue: Option<Epilogue>, shortcut: Option<(T, bool)>) -> T {
     let ([n, c, h, wd], oc) = (g.input, g.output[1]);
+    if oc == 1 {
+        let y = single_channel_pointwise(x, w, b, c);
+        return with_shortcut(y, shortcut, epilogue);
+    }
     let pixels = reshape(permute(x, &[0, 2, 3, 1]), &[n, h * wd, c]);
     let weight = permute(reshape(w, &[1, oc, c]), &[0, 2, 1]);
     // Reshaped before the matmul is queued: an unrelated op between the matmul and its epilogue
-    // ends the matmul fuser's block.
+    // ends the matmul fuser's block. A shortcut of the output's shape joins the epilogue, in the
+    // same channels-last view.
     let bias = b.map(|b| reshape(b, &[1, 1, oc]));
+    let shortcut = shortcut.map(|(r, after)| (reshape(permute(r, &[0, 2, 3, 1]), &[n, h * wd, oc]), after));
     let y = B::float_matmul(pixels, weight);
     let y = match bias {
         Some(b) => B::float_add(y, b),
         None => y,
     };
-    permute(reshape(apply_epilogue(y, epilogue), &[n, h, wd, oc]), &[0, 3, 1, 2])
+    permute(reshape(with_shortcut(y, shortcut, epilogue), &[n, h, wd, oc]), &[0, 3, 1, 2])
+}
+
+/// The epilogue, with a shortcut added before it or (`true`) after it.
+fn with_shortcut(y: T, shortcut: Option<(T, bool)>, epilogue: Option<Epilogue>) -> T {
+    match shortcut {
+        Some((r, true)) => B::float_add(apply_epilogue(y, epilogue), r),
+        Some((r, false)) => apply_epilogue(B::float_add(y, r), epilogue),
+        None => apply_epilogue(y, epilogue),
+    }
+}
+
+/// A 1×1 conv to one output channel (FAST's probability head) as a multiply and a sum over
+/// channels. As a matmul it was a product with one column, whose strided operand Burn's matmul
+/// copied first; as a reduction it needs no copy, and Burn's reduce fuser may take the multiply and
+/// the elementwise work still pending from the conv before into the reduction's read (its autotune
+/// decides per device: on lavapipe the unfused pair won).
+fn single_channel_pointwise(x: T, w: T, b: Option<T>, c: usize) -> T {
+    let y = B::float_sum_dim(B::float_mul(x, reshape(w, &[1, c, 1, 1])), 1);
+    match b {
+        Some(b) => B::float_add(y, reshape(b, &[1, 1, 1, 1])),
+        None => y,
+    }
 }
 
 /// The activation a load pass folded into a conv, on backends without Kiln's CPU kernels.

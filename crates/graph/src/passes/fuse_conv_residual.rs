@@ -1,7 +1,10 @@
 //! Folds a residual connection into the Conv before it: `Conv → Add(·, r) [→ Relu]` becomes the
 //! Conv with `r` as a fourth input (attribute `kiln_residual`) and the Relu as its epilogue, so
 //! the CPU kernel adds the shortcut while the output tile is still in registers instead of making
-//! two more passes over the map (ResNet's blocks end this way).
+//! two more passes over the map (ResNet's blocks end this way). `Conv → Activation → Add(·, r)`
+//! (LinkNet's decoders) becomes the Conv with `r` as a fourth input added after the activation
+//! (attribute `kiln_add_after`): on the fusing GPU backends a 1×1 conv then adds it inside its
+//! matmul's epilogue instead of in a kernel of its own.
 
 use std::collections::HashMap;
 
@@ -12,8 +15,15 @@ use super::CONV_ACTIVATION;
 /// Kiln's Conv attribute: input 3 is added to the output before the activation.
 pub const CONV_RESIDUAL: &str = "kiln_residual";
 
+/// Kiln's Conv attribute: input 3 is added to the output after the activation.
+pub const CONV_ADD_AFTER: &str = "kiln_add_after";
+
 /// Returns how many Adds were folded.
 pub fn fuse_conv_residual(g: &mut Subgraph, protected: &[String]) -> usize {
+    fold_residuals(g, protected) + fold_adds_after(g, protected)
+}
+
+fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
     let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         for input in n.inputs.iter().filter(|s| !s.is_empty()) {
@@ -76,6 +86,57 @@ pub fn fuse_conv_residual(g: &mut Subgraph, protected: &[String]) -> usize {
             conv.attrs.insert(CONV_ACTIVATION.into(), Attr::Str("Relu".into()));
         }
         conv.outputs[0] = out;
+        g.nodes[*ai] = conv;
+        dropped[*ci] = true;
+    }
+    super::apply(g, &dropped, vec![]);
+    plans.len()
+}
+
+/// `Conv[activation] → Add(·, r)`: the Add moves into the Conv as an addend after its activation.
+fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
+    let mut consumers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.nodes {
+        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
+            *consumers.entry(input.as_str()).or_default() += 1;
+        }
+    }
+    let producer: HashMap<&str, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let fusable = |value: &str| -> Option<usize> {
+        let ci = *producer.get(value)?;
+        let conv = &g.nodes[ci];
+        let sole = consumers.get(value) == Some(&1) && !protected.iter().any(|p| p == value);
+        (conv.op == "Conv" && conv.outputs.len() == 1 && sole && conv.attrs.contains_key(CONV_ACTIVATION) && !conv.attrs.contains_key(CONV_RESIDUAL))
+            .then_some(ci)
+    };
+    let mut plans: Vec<(usize, usize, String)> = vec![];
+    let mut taken = vec![false; g.nodes.len()];
+    for (ai, add) in g.nodes.iter().enumerate() {
+        let [a, b] = add.inputs.as_slice() else { continue };
+        if add.op != "Add" || a == b {
+            continue;
+        }
+        // Of two convs, the later, as above.
+        let pick = match (fusable(a), fusable(b)) {
+            (Some(ca), Some(cb)) if cb > ca => Some((cb, a)),
+            (Some(ca), _) => Some((ca, b)),
+            (None, Some(cb)) => Some((cb, a)),
+            (None, None) => None,
+        };
+        let Some((ci, other)) = pick else { continue };
+        if taken[ci] {
+            continue;
+        }
+        taken[ci] = true;
+        plans.push((ci, ai, other.clone()));
+    }
+    let mut dropped = vec![false; g.nodes.len()];
+    for (ci, ai, other) in &plans {
+        let mut conv = g.nodes[*ci].clone();
+        conv.inputs.resize(3, String::new());
+        conv.inputs.push(other.clone());
+        conv.attrs.insert(CONV_ADD_AFTER.into(), Attr::Int(1));
+        conv.outputs[0] = g.nodes[*ai].outputs[0].clone();
         g.nodes[*ai] = conv;
         dropped[*ci] = true;
     }

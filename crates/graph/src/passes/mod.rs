@@ -14,7 +14,7 @@ mod transpose_gemm_weights;
 
 pub use dedupe_nodes::dedupe_nodes;
 pub use fold_batchnorm::fold_batchnorm;
-pub use fuse_conv_residual::{CONV_RESIDUAL, fuse_conv_residual};
+pub use fuse_conv_residual::{CONV_ADD_AFTER, CONV_RESIDUAL, fuse_conv_residual};
 pub use fuse_matmul_bias::fuse_matmul_bias;
 pub use fuse_patterns::{CONV_ACTIVATION, CONV_CLIP, fuse_patterns};
 pub use merge_conv_branches::merge_conv_branches;

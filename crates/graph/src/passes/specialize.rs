@@ -186,7 +186,8 @@ impl Specializer<'_> {
                 } else {
                     let mut names: Vec<String> = l.uses.iter().map(|&i| values[i].as_ref().unwrap().source.clone()).collect();
                     for (k, e) in l.extra.into_iter().enumerate() {
-                        let name = format!("{}::const{k}", node.name);
+                        let kind = if l.cubecl_only { crate::ops::CUBECL_ONLY } else { "::const" };
+                        let name = format!("{}{kind}{k}", node.name);
                         self.define_const(&name, e);
                         names.push(name);
                     }

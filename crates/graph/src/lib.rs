@@ -53,7 +53,7 @@ pub struct LoadStats {
     pub gemm_weights_transposed: usize,
     /// Bias Adds after a MatMul by constant weights folded into the MatMul.
     pub matmul_biases_fused: usize,
-    /// Residual Adds (and the Relu after them) folded into the Conv before them.
+    /// Residual Adds (and the Relu after them), or Adds after a Conv's activation, folded into the Conv.
     pub conv_residuals_fused: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,

@@ -208,7 +208,11 @@ pub(crate) fn kernel_with_cubecl(
     extra: Vec<TensorData>,
     f: impl Fn(&Ctx, Vec<T>) -> Vec<T> + Send + Sync + 'static,
 ) -> Result<Lowering> {
-    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, cubecl_only: true, kernel: Arc::new(f) }))
+    let mut lowering = kernel_with(outputs, uses, extra, f)?;
+    if let Lowering::Kernel(l) = &mut lowering {
+        l.cubecl_only = true;
+    }
+    Ok(lowering)
 }
 
 /// An i64 host tensor.

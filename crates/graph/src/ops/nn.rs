@@ -436,8 +436,8 @@ fn with_bias(x: T, bias: Option<T>, conv: impl FnOnce(T, Option<T>) -> T) -> T {
 /// CubeCL backends. Burn runs such a conv as a matmul anyway, but inside its conv op, where fusion
 /// cannot reach; as a matmul op of its own, the bias and the activation a load pass folded into the
 /// conv can fuse into its epilogue, and so can a shortcut added before or after the activation
-/// (they come before the output is viewed as NCHW, which the matmul fuser does not follow). Channels-last is the layout Burn's convs leave their outputs in, so the
-/// permutes are views.
+/// (they come before the output is viewed as NCHW, which the matmul fuser does not follow).
+/// Channels-last is the layout Burn's convs leave their outputs in, so the permutes are views.
 fn pointwise_matmul(x: T, w: T, b: Option<T>, g: &ConvGeometry, epilogue: Option<Epilogue>, shortcut: Option<(T, bool)>) -> T {
     let ([n, c, h, wd], oc) = (g.input, g.output[1]);
     if oc == 1 {
@@ -470,9 +470,9 @@ fn with_shortcut(y: T, shortcut: Option<(T, bool)>, epilogue: Option<Epilogue>) 
 
 /// A 1×1 conv to one output channel (FAST's probability head) as a multiply and a sum over
 /// channels. As a matmul it was a product with one column, whose strided operand Burn's matmul
-/// copied first; as a reduction it needs no copy, and Burn's reduce fuser may take the multiply and
-/// the elementwise work still pending from the conv before into the reduction's read (its autotune
-/// decides per device: on lavapipe the unfused pair won).
+/// copied first; as a reduction it needs no copy. (Burn's reduce fuser could also take the multiply
+/// and the elementwise work still pending from the conv before into the reduction's read, but Burn
+/// 0.22's planner scores that block no higher than the plain element-wise one and keeps the latter.)
 fn single_channel_pointwise(x: T, w: T, b: Option<T>, c: usize) -> T {
     let y = B::float_sum_dim(B::float_mul(x, reshape(w, &[1, c, 1, 1])), 1);
     match b {

@@ -51,22 +51,13 @@ fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
         if add.op != "Add" || a == b {
             continue;
         }
-        // Of two convs, the later: moved to the Add's place, it keeps the order of the other ops
-        // (the fusing GPU backends group element-wise ops by that order; moving ResNet's 3×3 conv
-        // past its block's projection cost linknet_resnet18 three more kernels).
-        let pick = match (fusable(a), fusable(b)) {
-            (Some(ca), Some(cb)) if cb > ca => Some((cb, a)),
-            (Some(ca), _) => Some((ca, b)),
-            (None, Some(cb)) => Some((cb, a)),
-            (None, None) => None,
-        };
-        let Some((ci, other)) = pick else { continue };
-        if taken[ci] || producer.get(other.as_str()) == Some(&ci) {
+        let Some((ci, other)) = later_conv(a, b, &fusable) else { continue };
+        if taken[ci] || producer.get(other) == Some(&ci) {
             continue;
         }
         let relu = sole(&add.outputs[0]).filter(|&ri| g.nodes[ri].op == "Relu");
         taken[ci] = true;
-        plans.push((ci, ai, other.clone(), relu));
+        plans.push((ci, ai, other.to_string(), relu));
     }
     let mut dropped = vec![false; g.nodes.len()];
     for (ci, ai, other, relu) in &plans {
@@ -93,6 +84,19 @@ fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
     plans.len()
 }
 
+/// The conv that takes an Add of `a` and `b`, and the Add's other operand. Of two convs, the
+/// later: moved to the Add's place, it keeps the order of the other ops (the fusing GPU backends
+/// group element-wise ops by that order; moving ResNet's 3×3 conv past its block's projection cost
+/// linknet_resnet18 three more kernels).
+fn later_conv<'a>(a: &'a str, b: &'a str, fusable: &impl Fn(&str) -> Option<usize>) -> Option<(usize, &'a str)> {
+    match (fusable(a), fusable(b)) {
+        (Some(ca), Some(cb)) if cb > ca => Some((cb, a)),
+        (Some(ca), _) => Some((ca, b)),
+        (None, Some(cb)) => Some((cb, a)),
+        (None, None) => None,
+    }
+}
+
 /// `Conv[activation] → Add(·, r)`: the Add moves into the Conv as an addend after its activation.
 fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
     let mut consumers: HashMap<&str, usize> = HashMap::new();
@@ -116,19 +120,12 @@ fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
         if add.op != "Add" || a == b {
             continue;
         }
-        // Of two convs, the later, as above.
-        let pick = match (fusable(a), fusable(b)) {
-            (Some(ca), Some(cb)) if cb > ca => Some((cb, a)),
-            (Some(ca), _) => Some((ca, b)),
-            (None, Some(cb)) => Some((cb, a)),
-            (None, None) => None,
-        };
-        let Some((ci, other)) = pick else { continue };
+        let Some((ci, other)) = later_conv(a, b, &fusable) else { continue };
         if taken[ci] {
             continue;
         }
         taken[ci] = true;
-        plans.push((ci, ai, other.clone()));
+        plans.push((ci, ai, other.to_string()));
     }
     let mut dropped = vec![false; g.nodes.len()];
     for (ci, ai, other) in &plans {

@@ -282,6 +282,48 @@ fn add_after_the_activation_folds_into_the_conv() {
     }
 }
 
+/// FAST's neck in small: `cat(relu(conv(x)), resize(relu(conv_s2(x))))`. With `keep` the first
+/// conv's output is also a graph output, which keeps its bias and ReLU in place.
+fn neck_concat(keep: bool) -> OnnxBuilder {
+    let mut rand = uniform(11);
+    let pads = || ("pads", A::Ints(vec![1, 1, 1, 1]));
+    let mut b = OnnxBuilder::new(13)
+        .input("x", FLOAT, &[2, 4, 6, 6])
+        .init_f32("w0", &[3, 4, 3, 3], &rand(3 * 4 * 9))
+        .init_f32("b0", &[3], &[0.3, -0.2, 0.1])
+        .init_f32("w1", &[2, 4, 3, 3], &rand(2 * 4 * 9))
+        .init_f32("b1", &[2], &[-0.1, 0.2])
+        .init_i64("sizes", &[4], &[2, 2, 6, 6])
+        .node("Conv", &["x", "w0", "b0"], &["y0"], &[pads()])
+        .node("Relu", &["y0"], &["r0"], &[])
+        .node("Conv", &["x", "w1", "b1"], &["y1"], &[pads(), ("strides", A::Ints(vec![2, 2]))])
+        .node("Relu", &["y1"], &["r1"], &[])
+        .node("Resize", &["r1", "", "", "sizes"], &["u1"], &[("mode", A::Str("linear"))])
+        .node("Concat", &["r0", "u1"], &["cat"], &[("axis", A::Int(1))])
+        .output("cat", FLOAT, &[2, 5, 6, 6]);
+    if keep {
+        b = b.output("r0", FLOAT, &[2, 3, 6, 6]);
+    }
+    b
+}
+
+#[test]
+fn conv_bias_and_relu_move_past_the_concat() {
+    let x = TensorData::new(uniform(5)(2 * 4 * 36), vec![2, 4, 6, 6]);
+    let (plain, g, _) = run(neck_concat(true), x.clone());
+    assert_eq!(g.load_stats().concat_relus_deferred, 0, "a conv whose output is a graph output keeps its ReLU");
+    let want = floats(&plain[0]);
+    assert!(want.iter().all(|&v| v >= 0.0) && want.iter().filter(|&&v| v == 0.0).count() > 10, "the ReLUs must cut");
+    // On wgpu the Concat adds the bias and applies the ReLU; flex keeps them in the conv.
+    for backend in [Backend::Flex, Backend::Wgpu] {
+        let (moved, g, _) = run_on(backend, neck_concat(false), x.clone());
+        assert_eq!(g.load_stats().concat_relus_deferred, 1, "{backend:?}");
+        let got = floats(&moved[0]);
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{backend:?}: off by {worst}");
+    }
+}
+
 #[test]
 fn repeated_conv_stays_shared_rather_than_taking_shortcuts() {
     // The same conv twice (as SAR's decoder repeats its attention's at every step), each copy

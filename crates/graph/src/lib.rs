@@ -55,6 +55,8 @@ pub struct LoadStats {
     pub matmul_biases_fused: usize,
     /// Residual Adds (and the Relu after them), or Adds after a Conv's activation, folded into the Conv.
     pub conv_residuals_fused: usize,
+    /// Convs whose bias and ReLU the channel Concat after them applies on the CubeCL backends.
+    pub concat_relus_deferred: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -105,6 +107,7 @@ impl Graph {
         // that has taken a different shortcut in each repetition no longer would be (SAR's
         // attention convolves its features the same way at every decoding step).
         let conv_residuals_fused = passes::fuse_conv_residual(&mut model.graph, &outputs);
+        let concat_relus_deferred = passes::defer_concat_relu(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
             decode_ms,
@@ -115,6 +118,7 @@ impl Graph {
             gemm_weights_transposed,
             matmul_biases_fused,
             conv_residuals_fused,
+            concat_relus_deferred,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -232,11 +232,17 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let pointwise = groups == 1 && w4[2..] == [1, 1] && win.stride == [1, 1] && win.pads == [(0, 0); 2];
     let packed = w.konst.is_some().then(cpu_kernels::PackedWeights::default);
     let has_bias = bias.is_some();
+    let in_concat = node.attrs.contains_key(passes::CONV_EPILOGUE_IN_CONCAT);
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let mut r = has_residual.then(|| v.pop().expect("the residual input"));
-        let b = has_bias.then(|| v.remove(2));
+        let mut b = has_bias.then(|| v.remove(2));
         let w = reshape(v.remove(1), &w4);
         let mut x = reshape(v.remove(0), &x4);
+        let mut epilogue = epilogue;
+        // The Concat after it adds the bias and applies the ReLU (`passes::defer_concat_relu`).
+        if in_concat && !is_flex(&x) {
+            (b, epilogue) = (None, None);
+        }
         let lift = |y| if one_d { reshape(y, &[out4[0], out4[1], out4[3]]) } else { y };
         if is_flex(&x) && (r.is_none() || same_shape) {
             let r4 = r.map(|r| reshape(r, &out4));

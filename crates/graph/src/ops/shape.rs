@@ -1,7 +1,7 @@
 //! Shape and data-movement ops. Every shape argument is read at lowering time from a constant, which
 //! is what makes a specialised plan free of host reads.
 
-use burn_backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps, PadMode};
+use burn_backend::ops::{ActivationOps, BoolTensorOps, FloatTensorOps, IntTensorOps, PadMode};
 use burn_backend::{Slice, TensorData};
 
 use super::{
@@ -10,7 +10,8 @@ use super::{
 };
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
-use crate::tensor::{B, Kind, T, by_kind, cat, expand, flip, gather, kind, reshape, select, slice, to_rank};
+use crate::passes;
+use crate::tensor::{B, Kind, T, by_kind, cat, expand, flip, gather, is_flex, kind, reshape, select, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape", "Flatten", "Transpose", "Squeeze",
@@ -289,6 +290,9 @@ fn lower_range(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
 }
 
 fn lower_concat(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
+    if let Some(carriers) = node.ints(passes::CONCAT_BIAS_RELU)? {
+        return lower_concat_bias_relu(node, inputs, &carriers);
+    }
     let present: Vec<(usize, Input)> =
         inputs.iter().enumerate().filter_map(|(i, x)| x.map(|x| (i, x))).collect();
     let first = present.first().ok_or_else(|| err!(InvalidGraph, "Concat without inputs"))?.1;
@@ -315,6 +319,45 @@ fn lower_concat(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         uses.push(present[0].0);
     }
     kernel(vec![TypeInfo::new(first.ty.elem, out)], uses, move |_, v| vec![cat(v, a)])
+}
+
+/// A channel Concat that also applies the bias and ReLU of some convs before it
+/// (`passes::defer_concat_relu`): their biases follow the data inputs. On flex the convs applied
+/// them already; elsewhere the Concat adds every bias, padded by zeros to all its channels, and
+/// applies the ReLU, which leaves the other (non-negative) inputs as they were.
+fn lower_concat_bias_relu(node: &Node, inputs: &[Option<Input>], carriers: &[i64]) -> Result<Lowering> {
+    let data = inputs.len().checked_sub(carriers.len()).filter(|&n| n > 0);
+    let Some(n) = data.filter(|&n| inputs.iter().all(Option::is_some) && carriers.iter().all(|&i| (0..n as i64).contains(&i))) else {
+        bail!(InvalidGraph, "Concat {} carries biases for inputs {carriers:?} of {}", passes::CONCAT_BIAS_RELU, inputs.len());
+    };
+    let xs: Vec<&TypeInfo> = inputs[..n].iter().flatten().map(|x| x.ty).collect();
+    let (first, channels) = (xs[0], xs.iter().map(|t| t.shape.get(1).copied().unwrap_or(0)).sum::<usize>());
+    if first.rank() != 4 || node.int("axis", 0)? != 1 || xs.iter().any(|t| t.rank() != 4 || t.shape[0] != first.shape[0] || t.shape[2..] != first.shape[2..]) {
+        bail!(ShapeMismatch, "Concat with conv biases needs NCHW inputs of one size along axis 1");
+    }
+    let mut offsets = vec![0];
+    offsets.extend(xs.iter().scan(0, |o, t| {
+        *o += t.shape[1];
+        Some(*o)
+    }));
+    let mut bias = vec![0f32; channels];
+    for (k, &i) in carriers.iter().enumerate() {
+        let i = i as usize;
+        let values = super::const_floats(inputs[n + k].expect("checked present"), "Concat conv bias")?;
+        if values.len() != xs[i].shape[1] {
+            bail!(ShapeMismatch, "conv bias of {} values for an input of {} channels", values.len(), xs[i].shape[1]);
+        }
+        bias[offsets[i]..offsets[i + 1]].copy_from_slice(&values);
+    }
+    let mut out = first.shape.clone();
+    out[1] = channels;
+    let extra = vec![TensorData::new(bias, [1, channels, 1, 1])];
+    kernel_with(vec![TypeInfo::new(ElemType::F32, out)], (0..n).collect(), extra, move |_, mut v| {
+        let bias = v.pop().expect("the padded bias");
+        let flex = is_flex(&v[0]);
+        let y = cat(v, 1);
+        vec![if flex { y } else { B::relu(B::float_add(y, bias)) }]
+    })
 }
 
 fn lower_slice(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Lowering> {

@@ -2,6 +2,7 @@
 
 mod adaptive_pool;
 mod dedupe_nodes;
+mod defer_concat_relu;
 mod fold_batchnorm;
 mod fuse_conv_residual;
 mod fuse_matmul_bias;
@@ -13,6 +14,7 @@ mod specialize;
 mod transpose_gemm_weights;
 
 pub use dedupe_nodes::dedupe_nodes;
+pub use defer_concat_relu::{CONCAT_BIAS_RELU, CONV_EPILOGUE_IN_CONCAT, defer_concat_relu};
 pub use fold_batchnorm::fold_batchnorm;
 pub use fuse_conv_residual::{CONV_ADD_AFTER, CONV_RESIDUAL, fuse_conv_residual};
 pub use fuse_matmul_bias::fuse_matmul_bias;

@@ -65,7 +65,18 @@ pub struct Lowered {
     pub extra: Vec<TensorData>,
     /// The extras serve only the CubeCL route: on flex each is passed as an empty tensor.
     pub cubecl_only: bool,
+    /// Set when the kernel only changes the layout of input 0 (`passes::compose_relayouts`).
+    pub relayout: Option<Relayout>,
     pub kernel: Kernel,
+}
+
+/// A kernel that only views its input differently; a chain of them composes into one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Relayout {
+    Reshape(Vec<usize>),
+    Permute(Vec<usize>),
+    /// A Gather of one constant index: the slice `index..index + 1` of `axis`, then `out`.
+    Select { axis: usize, index: usize, out: Vec<usize> },
 }
 
 /// Marks the name of a constant that only the CubeCL backends upload ([`Lowered::cubecl_only`]).
@@ -198,7 +209,20 @@ pub(crate) fn kernel_with(
     extra: Vec<TensorData>,
     f: impl Fn(&Ctx, Vec<T>) -> Vec<T> + Send + Sync + 'static,
 ) -> Result<Lowering> {
-    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, cubecl_only: false, kernel: Arc::new(f) }))
+    Ok(Lowering::Kernel(Lowered { outputs, uses, extra, cubecl_only: false, relayout: None, kernel: Arc::new(f) }))
+}
+
+/// [`kernel`] for a node that only changes the layout of its input.
+pub(crate) fn relayout_kernel(
+    output: TypeInfo,
+    relayout: Relayout,
+    f: impl Fn(&Ctx, Vec<T>) -> Vec<T> + Send + Sync + 'static,
+) -> Result<Lowering> {
+    let mut lowering = kernel(vec![output], vec![0], f)?;
+    if let Lowering::Kernel(l) = &mut lowering {
+        l.relayout = Some(relayout);
+    }
+    Ok(lowering)
 }
 
 /// [`kernel_with`] whose extras only the CubeCL route reads.

@@ -5,13 +5,13 @@ use burn_backend::ops::{ActivationOps, BoolTensorOps, FloatTensorOps, IntTensorO
 use burn_backend::{Slice, TensorData};
 
 use super::{
-    Input, Lowering, TypeInfo, axis, broadcast, const_ints, cpu_kernels, device_dims, input, ints_data, kernel,
-    kernel_with, opt_input,
+    Input, Lowering, Relayout, TypeInfo, axis, broadcast, const_ints, cpu_kernels, device_dims, input, ints_data,
+    kernel, kernel_with, opt_input, relayout_kernel,
 };
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
 use crate::passes;
-use crate::tensor::{B, Kind, T, by_kind, cat, expand, flip, gather, is_flex, kind, reshape, select, slice, to_rank};
+use crate::tensor::{B, Ctx, Kind, T, by_kind, cat, expand, flip, gather, is_flex, kind, reshape, select, slice, to_rank};
 
 pub const OPS: &[&str] = &[
     "Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape", "Flatten", "Transpose", "Squeeze",
@@ -122,7 +122,7 @@ pub fn lower(node: &Node, inputs: &[Option<Input>], opset: i64) -> Result<Loweri
                 bail!(InvalidGraph, "perm {perm:?} does not match rank {r}");
             }
             let out = perm.iter().map(|&p| x.ty.shape[p]).collect();
-            kernel(vec![TypeInfo::new(x.ty.elem, out)], vec![0], move |_, mut v| {
+            relayout_kernel(TypeInfo::new(x.ty.elem, out), Relayout::Permute(perm.clone()), move |_, mut v| {
                 vec![crate::tensor::permute(v.remove(0), &perm)]
             })
         }
@@ -209,7 +209,12 @@ fn data_err(e: burn_backend::DataError) -> crate::error::Error {
 
 fn reshape_kernel(elem: ElemType, out: Vec<usize>) -> Result<Lowering> {
     let dev = device_dims(&out);
-    kernel(vec![TypeInfo::new(elem, out)], vec![0], move |_, mut v| vec![reshape(v.remove(0), &dev)])
+    let f = move |_: &Ctx, mut v: Vec<T>| vec![reshape(v.remove(0), &dev)];
+    if out.is_empty() {
+        // A scalar lives on the device as one element: not a plain view of the input's layout.
+        return kernel(vec![TypeInfo::new(elem, out)], vec![0], f);
+    }
+    relayout_kernel(TypeInfo::new(elem, out.clone()), Relayout::Reshape(out), f)
 }
 
 /// ONNX Reshape semantics: 0 copies the input dimension (unless `allowzero`), -1 is inferred.
@@ -459,6 +464,14 @@ fn lower_gather(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         if n == 1 && x.konst.is_none() {
             // A single index is a slice: cheaper than a gather and fusable.
             let i = vals[0] as usize;
+            if !ty.shape.is_empty() {
+                let select = Relayout::Select { axis: a, index: i, out: ty.shape.clone() };
+                return relayout_kernel(ty, select, move |_, mut v| {
+                    let t = v.remove(0);
+                    let rank = crate::tensor::shape(&t).len();
+                    vec![reshape(slice(t, &crate::tensor::axis_slice(rank, a, i, i + 1)), &dev)]
+                });
+            }
             return kernel(vec![ty], vec![0], move |_, mut v| {
                 let t = v.remove(0);
                 let rank = crate::tensor::shape(&t).len();

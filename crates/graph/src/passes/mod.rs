@@ -1,6 +1,7 @@
 //! Graph passes. Load-time passes need no shapes; `specialize` runs per input shape at compile.
 
 mod adaptive_pool;
+mod compose_relayouts;
 mod dedupe_nodes;
 mod defer_concat_relu;
 mod fold_batchnorm;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use burn_backend::TensorData;
 
 use super::adaptive_pool::{self, PoolChain, Producer};
+use super::compose_relayouts;
 use crate::error::{Error, Result, bail, err};
 use crate::model::{Attr, Node, OnnxModel, Subgraph};
-use crate::ops::{self, Input, Kernel, Lowering, TypeInfo};
+use crate::ops::{self, Input, Kernel, Lowering, Relayout, TypeInfo};
 use crate::tensor::{Ctx, download, reshape_data};
 
 /// A kernel step of a specialised program.
@@ -22,6 +23,8 @@ pub struct Step {
     /// Value names the kernel takes, in order (graph inputs, constants or earlier outputs).
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The input's shape and the layout change, when that is all the step does.
+    pub relayout: Option<(Vec<usize>, Relayout)>,
     pub kernel: Kernel,
 }
 
@@ -89,6 +92,8 @@ pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &C
         }
     }
     kept.reverse();
+    let keep: HashSet<String> = outputs.iter().map(|(_, source, _)| source.clone()).collect();
+    compose_relayouts::compose_relayouts(&mut kept, &keep);
     let mut consts = HashMap::new();
     for (name, v) in &s.env {
         if let Some(k) = &v.konst
@@ -137,6 +142,7 @@ impl Specializer<'_> {
                     op: "AdaptiveAvgPool".into(),
                     inputs: vec![chain.x.clone()],
                     outputs: vec![out],
+                    relayout: None,
                     kernel: chain.kernel(),
                 });
                 return Ok(());
@@ -201,11 +207,13 @@ impl Specializer<'_> {
                         let p = Producer { node: node.clone(), inputs: values.clone(), output };
                         self.producers.insert(node.outputs[0].clone(), p);
                     }
+                    let relayout = l.relayout.map(|r| (values[l.uses[0]].as_ref().expect("used inputs are present").ty.shape.clone(), r));
                     self.steps.push(Step {
                         node: node.name.clone(),
                         op: node.op.clone(),
                         inputs: names,
                         outputs: node.outputs.clone(),
+                        relayout,
                         kernel: l.kernel,
                     });
                 }

@@ -324,6 +324,65 @@ fn conv_bias_and_relu_move_past_the_concat() {
     }
 }
 
+/// Attention over `[2, 3, 5, 4]` heads: `softmax((q·s)·kᵀ)·v` as ViPTR writes it (`scale_query`),
+/// or `softmax(where(mask, -1e9, q·kᵀ / c))·v` as PARSeq does.
+fn attention(scale_query: bool) -> OnnxBuilder {
+    let mut rand = uniform(3);
+    let dims = [2, 3, 5, 4];
+    let b = OnnxBuilder::new(17)
+        .input("q", FLOAT, &dims)
+        .init_f32("k", &dims, &rand(120))
+        .init_f32("v", &dims, &rand(120))
+        .init_f32("c", &[], &[0.5])
+        .init_f32("neg", &[], &[-1e9])
+        .node("Transpose", &["k"], &["kt"], &[("perm", A::Ints(vec![0, 1, 3, 2]))]);
+    let b = if scale_query {
+        b.node("Mul", &["q", "c"], &["qs"], &[]).node("MatMul", &["qs", "kt"], &["scores"], &[])
+    } else {
+        let mask: Vec<f32> = (0..25).map(|i| f32::from(u8::from(i % 5 > i / 5))).collect();
+        b.init_f32("maskf", &[1, 1, 5, 5], &mask)
+            .node("Cast", &["maskf"], &["mask"], &[("to", A::Int(9))])
+            .node("MatMul", &["q", "kt"], &["raw"], &[])
+            .node("Div", &["raw", "c"], &["scaled"], &[])
+            .node("Where", &["mask", "neg", "scaled"], &["scores"], &[])
+    };
+    b.node("Softmax", &["scores"], &["p"], &[("axis", A::Int(-1))]).node("MatMul", &["p", "v"], &["y"], &[]).output("y", FLOAT, &dims)
+}
+
+/// The definition, for one head at a time.
+fn attention_reference(q: &[f32], k: &[f32], v: &[f32], scale: f32, causal: bool) -> Vec<f32> {
+    let (n, d) = (5, 4);
+    let mut y = vec![];
+    for h in 0..6 {
+        let at = |t: &[f32], i: usize, j: usize| t[h * n * d + i * d + j];
+        for i in 0..n {
+            let s: Vec<f32> = (0..n).map(|j| if causal && j > i { -1e9 } else { (0..d).map(|e| at(q, i, e) * at(k, j, e)).sum::<f32>() * scale }).collect();
+            let m = s.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            y.extend((0..d).map(|c| (0..n).map(|j| e[j] / z * at(v, j, c)).sum::<f32>()));
+        }
+    }
+    y
+}
+
+#[test]
+fn attention_softmax_runs_after_its_scale() {
+    let q = uniform(9)(120);
+    let (k, v) = { let mut r = uniform(3); (r(120), r(120)) };
+    for scale_query in [true, false] {
+        let (scale, causal) = if scale_query { (0.5, false) } else { (2.0, true) };
+        let want = attention_reference(&q, &k, &v, scale, causal);
+        for backend in [Backend::Flex, Backend::Wgpu] {
+            let (out, g, _) = run_on(backend, attention(scale_query), TensorData::new(q.clone(), vec![2, 3, 5, 4]));
+            assert_eq!(g.load_stats().attention_softmaxes, 1, "{backend:?}");
+            let got = floats(&out[0]);
+            let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{backend:?}, scale on the query {scale_query}: off by {worst}");
+        }
+    }
+}
+
 #[test]
 fn repeated_conv_stays_shared_rather_than_taking_shortcuts() {
     // The same conv twice (as SAR's decoder repeats its attention's at every step), each copy

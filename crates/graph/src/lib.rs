@@ -57,6 +57,8 @@ pub struct LoadStats {
     pub conv_residuals_fused: usize,
     /// Convs whose bias and ReLU the channel Concat after them applies on the CubeCL backends.
     pub concat_relus_deferred: usize,
+    /// Softmaxes over attention scores whose MatMul ends its fused block before them.
+    pub attention_softmaxes: usize,
     /// HardSwish chains rewritten to one op.
     pub hardswish_fused: usize,
     /// Constant scale/shift after a Conv folded into its weights.
@@ -108,6 +110,7 @@ impl Graph {
         // attention convolves its features the same way at every decoding step).
         let conv_residuals_fused = passes::fuse_conv_residual(&mut model.graph, &outputs);
         let concat_relus_deferred = passes::defer_concat_relu(&mut model.graph, &outputs);
+        let attention_softmaxes = passes::mark_attention_scores(&mut model.graph, &outputs);
         passes::prune_initializers(&mut model.graph);
         let stats = LoadStats {
             decode_ms,
@@ -119,6 +122,7 @@ impl Graph {
             matmul_biases_fused,
             conv_residuals_fused,
             concat_relus_deferred,
+            attention_softmaxes,
             hardswish_fused: fused.hardswish,
             conv_affines_folded: fused.conv_affine,
             conv_activations_fused: fused.conv_activation,

@@ -785,11 +785,19 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let mut eb = batch.clone();
     eb.extend([k, n]);
     let rank = ea.len();
+    // Attention scores (`passes::mark_attention_scores`): viewed as rows and back, which ends
+    // the matmul's fused block, so the element-wise ops after it open the softmax's.
+    let scores = node.attrs.contains_key(passes::MATMUL_SCORES).then(|| [out.iter().product::<usize>() / n.max(1), n]);
     kernel_with(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], bias, move |_, mut v| {
         let c = has_bias.then(|| v.pop().expect("the bias"));
         let b = expand(to_rank(reshape(v.remove(1), &b2), rank), &eb);
         let a = expand(to_rank(reshape(v.remove(0), &a2), rank), &ea);
-        vec![add_bias(reshape(B::float_matmul(a, b), &dev), c)]
+        let y = reshape(B::float_matmul(a, b), &dev);
+        let y = match scores {
+            Some(rows) if !is_flex(&y) && dev.len() > 2 => reshape(reshape(y, &rows), &dev),
+            _ => y,
+        };
+        vec![add_bias(y, c)]
     })
 }
 

@@ -1,6 +1,7 @@
 //! Graph passes. Load-time passes need no shapes; `specialize` runs per input shape at compile.
 
 mod adaptive_pool;
+mod attention_scores;
 mod compose_relayouts;
 mod dedupe_nodes;
 mod defer_concat_relu;
@@ -14,6 +15,7 @@ mod prune;
 mod specialize;
 mod transpose_gemm_weights;
 
+pub use attention_scores::{MATMUL_SCORES, mark_attention_scores};
 pub use dedupe_nodes::dedupe_nodes;
 pub use defer_concat_relu::{CONCAT_BIAS_RELU, CONV_EPILOGUE_IN_CONCAT, defer_concat_relu};
 pub use fold_batchnorm::fold_batchnorm;

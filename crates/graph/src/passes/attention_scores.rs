@@ -1,0 +1,161 @@
+//! Marks the MatMuls whose output a last-axis Softmax reads as attention scores, through a chain
+//! of element-wise ops (the scale, a mask), so that on the CubeCL backends the whole softmax,
+//! with those ops, runs as one fused kernel. Burn 0.22's reduce fusers only open a block on an
+//! element-wise op, and its matmul fuser takes every element-wise op after a matmul: the scale
+//! joined the matmul and the softmax's leading max-reduction then opened a block of its own,
+//! which left the softmax as four kernels. The marked MatMul ends its block with a view
+//! (`MATMUL_SCORES`), so the scale opens the softmax's block instead. A scale applied to the
+//! query before the product (ViPTR's `(q·s)·kᵀ`) moves after it, where it can do that.
+
+use std::collections::HashMap;
+
+use crate::model::{Attr, Node, Subgraph};
+
+/// Kiln's MatMul attribute: the output is attention scores on their way to a Softmax.
+pub const MATMUL_SCORES: &str = "kiln_scores";
+
+const CHAIN_OPS: [&str; 5] = ["Mul", "Div", "Add", "Sub", "Where"];
+
+/// Returns how many MatMuls were marked.
+pub fn mark_attention_scores(g: &mut Subgraph, protected: &[String]) -> usize {
+    let (readers, producer) = index(g);
+    let sole = |v: &str| readers.get(v) == Some(&1) && !protected.iter().any(|p| p == v);
+    // (MatMul, the operand and node of a scale to move after it)
+    let mut plans: Vec<(usize, Option<(usize, usize)>)> = vec![];
+    for n in g.nodes.iter().filter(|n| n.op == "Softmax" && matches!(n.attrs.get("axis"), Some(Attr::Int(-1)))) {
+        let Some((mi, hops)) = scores_source(g, &producer, &sole, &n.inputs[0], 3) else { continue };
+        if plans.iter().any(|p| p.0 == mi) {
+            continue;
+        }
+        // Nothing between the product and the softmax: bring the query's scale over.
+        let scale = if hops == 0 { Some(scale_input(g, &producer, &sole, &g.nodes[mi])) } else { None };
+        match scale {
+            Some(None) => continue,
+            Some(Some(s)) => plans.push((mi, Some(s))),
+            None => plans.push((mi, None)),
+        }
+    }
+    let mut after: HashMap<usize, Node> = HashMap::new();
+    for &(mi, scale) in &plans {
+        g.nodes[mi].attrs.insert(MATMUL_SCORES.into(), Attr::Int(1));
+        let Some((k, si)) = scale else { continue };
+        let scores = g.nodes[mi].outputs[0].clone();
+        let mul = g.nodes[si].clone();
+        let scaled = format!("{}::scaled", g.nodes[mi].name);
+        g.nodes[mi].inputs[k] = mul.inputs[0].clone();
+        for n in g.nodes.iter_mut().filter(|n| n.op == "Softmax") {
+            for i in n.inputs.iter_mut().filter(|i| **i == scores) {
+                i.clone_from(&scaled);
+            }
+        }
+        after.insert(mi, Node { inputs: vec![scores, mul.inputs[1].clone()], outputs: vec![scaled], ..mul });
+    }
+    // The moved scales leave their places before the products for places right after them.
+    let moved: Vec<usize> = plans.iter().filter_map(|p| p.1.map(|s| s.1)).collect();
+    let old = std::mem::take(&mut g.nodes);
+    for (i, n) in old.into_iter().enumerate() {
+        if moved.contains(&i) {
+            continue;
+        }
+        g.nodes.push(n);
+        if let Some(m) = after.remove(&i) {
+            g.nodes.push(m);
+        }
+    }
+    plans.len()
+}
+
+fn index(g: &Subgraph) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for n in &g.nodes {
+        for i in n.inputs.iter().filter(|s| !s.is_empty()) {
+            *readers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    let producer = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.clone(), i))).collect();
+    (readers, producer)
+}
+
+/// The MatMul whose output reaches `value` through at most `depth` single-reader element-wise
+/// ops, and how many there are.
+fn scores_source(g: &Subgraph, producer: &HashMap<String, usize>, sole: &impl Fn(&str) -> bool, value: &str, depth: usize) -> Option<(usize, usize)> {
+    let p = *producer.get(value)?;
+    let n = &g.nodes[p];
+    if !sole(value) {
+        return None;
+    }
+    if n.op == "MatMul" {
+        return (!n.attrs.contains_key(MATMUL_SCORES) && n.inputs.len() == 2).then_some((p, 0));
+    }
+    if depth == 0 || !CHAIN_OPS.contains(&n.op.as_str()) {
+        return None;
+    }
+    n.inputs.iter().find_map(|i| scores_source(g, producer, sole, i, depth - 1)).map(|(m, hops)| (m, hops + 1))
+}
+
+/// Which operand of the MatMul is `Mul(x, c)` or `Div(x, c)` with `c` a one-element constant
+/// read by nothing else, and the index of that node.
+fn scale_input(g: &Subgraph, producer: &HashMap<String, usize>, sole: &impl Fn(&str) -> bool, matmul: &Node) -> Option<(usize, usize)> {
+    let scalar = |v: &str| g.initializers.iter().any(|(n, t)| n == v && t.shape().iter().product::<usize>() == 1);
+    matmul.inputs.iter().enumerate().find_map(|(k, v)| {
+        let p = *producer.get(v)?;
+        let n = &g.nodes[p];
+        (matches!(n.op.as_str(), "Mul" | "Div") && n.inputs.len() == 2 && sole(v) && scalar(&n.inputs[1])).then_some((k, p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use burn_backend::TensorData;
+
+    use super::*;
+
+    fn node(name: &str, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> Node {
+        Node {
+            name: name.into(),
+            op: op.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![format!("{name}_out")],
+            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+
+    fn graph(nodes: Vec<Node>) -> Subgraph {
+        let c = Arc::new(TensorData::new(vec![0.125f32], [1]));
+        Subgraph { nodes, initializers: vec![("c".into(), c)], ..Default::default() }
+    }
+
+    fn softmax(input: &str) -> Node {
+        node("sm", "Softmax", &[input], &[("axis", Attr::Int(-1))])
+    }
+
+    #[test]
+    fn a_scaled_product_before_a_softmax_is_marked() {
+        let mut g = graph(vec![node("mm", "MatMul", &["q", "k"], &[]), node("d", "Div", &["mm_out", "c"], &[]), softmax("d_out")]);
+        assert_eq!(mark_attention_scores(&mut g, &[]), 1);
+        assert!(g.nodes[0].attrs.contains_key(MATMUL_SCORES));
+    }
+
+    #[test]
+    fn the_query_scale_moves_after_the_product() {
+        let mut g = graph(vec![node("s", "Mul", &["q", "c"], &[]), node("mm", "MatMul", &["s_out", "k"], &[]), softmax("mm_out")]);
+        assert_eq!(mark_attention_scores(&mut g, &[]), 1);
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
+        assert_eq!(ops, ["MatMul", "Mul", "Softmax"]);
+        assert_eq!(g.nodes[0].inputs, ["q", "k"]);
+        assert_eq!(g.nodes[1].inputs, ["mm_out", "c"]);
+        assert_eq!(g.nodes[2].inputs, [g.nodes[1].outputs[0].clone()]);
+    }
+
+    #[test]
+    fn products_read_elsewhere_or_softmaxes_off_the_last_axis_are_left() {
+        let mut g = graph(vec![node("mm", "MatMul", &["q", "k"], &[]), node("d", "Div", &["mm_out", "c"], &[]), softmax("d_out"), node("o", "Relu", &["mm_out"], &[])]);
+        assert_eq!(mark_attention_scores(&mut g, &[]), 0);
+        let mut g = graph(vec![node("mm", "MatMul", &["q", "k"], &[]), node("d", "Div", &["mm_out", "c"], &[]), node("sm", "Softmax", &["d_out"], &[("axis", Attr::Int(1))])]);
+        assert_eq!(mark_attention_scores(&mut g, &[]), 0);
+        let mut g = graph(vec![node("mm", "MatMul", &["q", "k"], &[]), softmax("mm_out")]);
+        assert_eq!(mark_attention_scores(&mut g, &[]), 0, "no element-wise op to open the softmax's block");
+    }
+}

@@ -111,16 +111,7 @@ mod tests {
     use burn_backend::TensorData;
 
     use super::*;
-
-    fn node(name: &str, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> Node {
-        Node {
-            name: name.into(),
-            op: op.into(),
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-            outputs: vec![format!("{name}_out")],
-            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        }
-    }
+    use crate::passes::test_node as node;
 
     fn graph(nodes: Vec<Node>) -> Subgraph {
         let c = Arc::new(TensorData::new(vec![0.125f32], [1]));

@@ -112,17 +112,7 @@ fn non_negative(g: &Subgraph, producer: &HashMap<&str, usize>, value: &str, dept
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Node;
-
-    fn node(name: &str, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> Node {
-        Node {
-            name: name.into(),
-            op: op.into(),
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-            outputs: vec![format!("{name}_out")],
-            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        }
-    }
+    use crate::passes::test_node as node;
 
     fn relu_conv(name: &str, bias: Option<&str>) -> Node {
         let mut inputs = vec!["x", "w"];

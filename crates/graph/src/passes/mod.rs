@@ -41,3 +41,15 @@ fn apply(g: &mut Subgraph, dropped: &[bool], new_inits: Vec<(String, Arc<TensorD
     g.nodes.retain(|_| keep.next().unwrap_or(true));
     g.initializers.extend(new_inits);
 }
+
+/// A node for pass tests, its one output named `{name}_out`.
+#[cfg(test)]
+pub(crate) fn test_node(name: &str, op: &str, inputs: &[&str], attrs: &[(&str, crate::model::Attr)]) -> crate::model::Node {
+    crate::model::Node {
+        name: name.into(),
+        op: op.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        outputs: vec![format!("{name}_out")],
+        attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+    }
+}

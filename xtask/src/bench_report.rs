@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use crate::bench::BenchRow;
-use crate::bench_e2e::E2eRow;
+use crate::bench_e2e::{E2eRow, FirstPageRow};
 
 /// What the run ran on, for the report's header.
 pub struct Machine {
@@ -51,7 +51,7 @@ fn models(rows: &[BenchRow]) -> Vec<&str> {
 }
 
 /// Writes `md` and, beside it, `<stem>-cpu.svg` and `<stem>-fusion.svg`.
-pub fn write(rows: &[BenchRow], e2e: &[E2eRow], machine: &Machine, md: &Path) -> Result<()> {
+pub fn write(rows: &[BenchRow], e2e: &[E2eRow], first_pages: &[FirstPageRow], machine: &Machine, md: &Path) -> Result<()> {
     let stem = md.file_stem().and_then(|s| s.to_str()).unwrap_or("benchmarks").to_string();
     let dir = md.parent().unwrap_or(Path::new("."));
     let cpu_svg = format!("{stem}-cpu.svg");
@@ -153,6 +153,21 @@ pub fn write(rows: &[BenchRow], e2e: &[E2eRow], machine: &Machine, md: &Path) ->
                 k.first_page_s,
                 f(d.map(|d| d.first_page_s), 2)
             )?;
+        }
+    }
+    if !first_pages.is_empty() {
+        writeln!(out, "\n## First page on fused wgpu: autotune cache cold and warm\n")?;
+        writeln!(
+            out,
+            "Kiln's default models, the first upright page, from a fresh process to its document. `cold`: \
+             CubeCL's on-disk cache (`$KILN_CACHE/cubecl`) starts empty, so every kernel is tuned and \
+             compiled; `warm`: a second process reads what the first stored. On software Vulkan this \
+             measures the tuning that the cache saves, not GPU speed.\n"
+        )?;
+        writeln!(out, "| backend | mode | autotune cache | first page s |")?;
+        writeln!(out, "|---|---|---|---|")?;
+        for r in first_pages {
+            writeln!(out, "| {} | {} | {} | {:.2} |", r.backend, r.mode, r.autotune_cache, r.first_page_s)?;
         }
     }
     if !dir.as_os_str().is_empty() {

@@ -49,6 +49,9 @@ enum Task {
         /// Also run full-size cases on GPU backends (by default they get the small cases only).
         #[arg(long)]
         all_cases: bool,
+        /// Only these cases (e.g. `b1_1024x1024`), on every backend, small or not.
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
         #[arg(long)]
         json: Option<PathBuf>,
         /// Also write the rows as a Markdown support matrix (e.g. docs/support-matrix.md).
@@ -66,6 +69,8 @@ enum Task {
         mode: String,
         #[arg(long)]
         all_cases: bool,
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
         #[arg(long)]
         json: PathBuf,
     },
@@ -110,6 +115,8 @@ enum Task {
     BenchE2eWorker {
         #[arg(long)]
         mode: String,
+        #[arg(long, default_value = "flex")]
+        backend: String,
         #[arg(long, default_value_t = 3)]
         runs: usize,
         files: Vec<PathBuf>,
@@ -152,11 +159,11 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().task {
         Task::Fixtures { set, models } => fixtures(set, &models),
-        Task::Compat { set, models, backends, modes, all_cases, json, markdown } => {
-            compat(set, &models, &backends, &modes, all_cases, json.as_deref(), markdown.as_deref())
+        Task::Compat { set, models, backends, modes, all_cases, cases, json, markdown } => {
+            compat(set, &models, &backends, &modes, CaseFilter { all_cases, cases }, json.as_deref(), markdown.as_deref())
         }
-        Task::CompatWorker { models, backend, mode, all_cases, json } => {
-            compat_worker(&models, backend.parse()?, mode.parse()?, all_cases, &json)
+        Task::CompatWorker { models, backend, mode, all_cases, cases, json } => {
+            compat_worker(&models, backend.parse()?, mode.parse()?, &CaseFilter { all_cases, cases }, &json)
         }
         Task::LoadProbe { model } => {
             kiln_graph::Graph::load(&model)?;
@@ -179,9 +186,10 @@ fn main() -> Result<()> {
                 worker_script: repo_root().join("xtask/bench_worker.py"),
             };
             let (rows, python_versions) = bench::bench(&manifest, &opts)?;
-            let e2e_rows = if e2e {
+            let (e2e_rows, first_pages) = if e2e {
                 bench_e2e::run(&bench_e2e::E2eOptions {
                     runs: runs.min(3),
+                    wgpu_first_page: opts.engines.contains(&bench::Engine::KilnWgpuFused),
                     threads,
                     python: opts.python.clone(),
                     script: repo_root().join("xtask/bench_e2e.py"),
@@ -189,17 +197,17 @@ fn main() -> Result<()> {
                     pages_dir: fixtures_dir().join("pages"),
                 })?
             } else {
-                vec![]
+                (vec![], vec![])
             };
             if let Some(path) = json {
-                let all = serde_json::json!({ "forward": rows, "end_to_end": e2e_rows });
+                let all = serde_json::json!({ "forward": rows, "end_to_end": e2e_rows, "first_page_cubecl": first_pages });
                 std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
                 eprintln!("wrote {}", path.display());
             }
             if let Some(path) = markdown {
                 let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
                 let machine = bench_report::Machine { command, threads, python_versions };
-                bench_report::write(&rows, &e2e_rows, &machine, &path)?;
+                bench_report::write(&rows, &e2e_rows, &first_pages, &machine, &path)?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
@@ -209,7 +217,7 @@ fn main() -> Result<()> {
             bench::profile(&manifest, &model, batch, backend.parse()?, mode.parse()?, runs, top)
         }
         Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
-        Task::BenchE2eWorker { mode, runs, files } => bench_e2e::worker(&mode, runs, &files),
+        Task::BenchE2eWorker { mode, backend, runs, files } => bench_e2e::worker(&mode, backend.parse()?, runs, &files),
         Task::Test => test(),
     }
 }
@@ -312,7 +320,7 @@ fn compat(
     models: &[String],
     backends: &[String],
     modes: &[String],
-    all_cases: bool,
+    filter: CaseFilter,
     json: Option<&Path>,
     markdown: Option<&Path>,
 ) -> Result<()> {
@@ -332,8 +340,11 @@ fn compat(
             let mut cmd = Command::new(&exe);
             cmd.args(["compat-worker", "--backend", backend, "--mode", mode, "--json"]).arg(&out);
             cmd.arg("--models").arg(names.join(","));
-            if all_cases {
+            if filter.all_cases {
                 cmd.arg("--all-cases");
+            }
+            if !filter.cases.is_empty() {
+                cmd.arg("--cases").arg(filter.cases.join(","));
             }
             let status = cmd.status()?;
             match std::fs::read_to_string(&out) {
@@ -359,11 +370,31 @@ fn compat(
     Ok(())
 }
 
-fn compat_worker(models: &[String], backend: Backend, mode: Mode, all_cases: bool, json: &Path) -> Result<()> {
+/// Which of a model's cases `compat` runs.
+struct CaseFilter {
+    all_cases: bool,
+    cases: Vec<String>,
+}
+
+impl CaseFilter {
+    fn runs(&self, case: &kiln_fixtures::Case, backend: Backend) -> bool {
+        if !self.cases.is_empty() {
+            return self.cases.contains(&case.name);
+        }
+        // Full-size cases on software Vulkan take minutes each, mostly autotuning at the new shapes.
+        case.small || !backend.fuses() || self.all_cases
+    }
+}
+
+fn compat_worker(models: &[String], backend: Backend, mode: Mode, filter: &CaseFilter, json: &Path) -> Result<()> {
     let manifest = Manifest::load(&fixtures_dir())?;
     let mut rows = vec![];
     for name in models {
         let entry = manifest.model(name)?;
+        let cases: Vec<_> = entry.cases.iter().filter(|c| filter.runs(c, backend)).collect();
+        if cases.is_empty() {
+            continue;
+        }
         let loaded = match load_model(&manifest, entry) {
             Ok(l) => l,
             Err(e) => {
@@ -373,11 +404,7 @@ fn compat_worker(models: &[String], backend: Backend, mode: Mode, all_cases: boo
             }
         };
         let peak = load_peak_mb(&manifest.path(&entry.onnx));
-        for case in &entry.cases {
-            // Full-size cases on software Vulkan would take many minutes each.
-            if backend.fuses() && !case.small && !all_cases {
-                continue;
-            }
+        for case in cases {
             let mut row = check_case(&manifest, &loaded, entry, case, backend, mode);
             row.load_peak_mb = peak;
             eprintln!(

@@ -36,6 +36,55 @@ fn run_writes_outputs_as_npy() {
     assert_eq!(y.try_to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 2.0, 4.0, 6.0]);
 }
 
+/// CubeCL's tuning is kept in `$KILN_CACHE/cubecl`: the first process on wgpu tunes its matmul and
+/// stores the result there, a second one with the same cache reads it and tunes nothing.
+#[test]
+fn wgpu_tuning_is_kept_in_kilns_cache_for_the_next_process() {
+    let dir = scratch();
+    let model = dir.path().join("matmul.onnx");
+    let w: Vec<f32> = (0..64 * 48).map(|i| (i % 7) as f32 - 3.0).collect();
+    let bytes = OnnxBuilder::new(17)
+        .input("x", FLOAT, &[-1, 64])
+        .init_f32("w", &[64, 48], &w)
+        .node("MatMul", &["x", "w"], &["y"], &[])
+        .output("y", FLOAT, &[-1, 48])
+        .bytes();
+    std::fs::write(&model, bytes).unwrap();
+    let x = dir.path().join("x.npy");
+    npy::write(&x, &TensorData::new(vec![1.0f32; 32 * 64], vec![32, 64])).unwrap();
+    let cache = dir.path().join("cache");
+    let run = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["run", model.to_str().unwrap(), "--input", x.to_str().unwrap(), "--backend", "wgpu"])
+            .args(["--out-dir", dir.path().join("out").to_str().unwrap()])
+            .env("KILN_CACHE", &cache)
+            .env("RUST_LOG", "cubecl_runtime::tune=info")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let y = npy::read(&dir.path().join("out/y.npy")).unwrap().try_to_vec::<f32>().unwrap();
+        let want: Vec<f32> = (0..48).map(|j| (0..64).map(|k| w[k * 48 + j]).sum()).collect();
+        assert_eq!(&y[..48], &want[..]);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("Tuning"), "the first process tuned nothing: {first}");
+    let stored: u64 = walk(&cache.join("cubecl")).iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    assert!(stored > 0, "nothing stored under {}", cache.join("cubecl").display());
+    let second = run();
+    assert!(!second.contains("Tuning"), "the second process tuned again: {second}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
 #[test]
 fn inspect_lists_ops_and_flags_unsupported_ones() {
     let dir = scratch();

@@ -5,6 +5,7 @@
 //! process-global and sealed by the first op, so the mode is chosen once per process.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -126,10 +127,12 @@ pub fn open(backend: Backend, mode: Mode) -> Result<Device> {
         }
         Backend::Wgpu => {
             set_mode(mode)?;
+            keep_tuning_in_kiln_cache();
             Ok(Device::wgpu(burn_tensor::DeviceKind::DefaultDevice))
         }
         Backend::Cuda => {
             set_mode(mode)?;
+            keep_tuning_in_kiln_cache();
             #[cfg(feature = "cuda")]
             {
                 Ok(Device::cuda(0))
@@ -140,6 +143,33 @@ pub fn open(backend: Backend, mode: Mode) -> Result<Device> {
             }
         }
     }
+}
+
+/// Kiln's cache directory: `$KILN_CACHE`, else `~/.cache/kiln`.
+pub fn cache_dir() -> PathBuf {
+    match (std::env::var_os("KILN_CACHE"), std::env::var_os("HOME")) {
+        (Some(c), _) => PathBuf::from(c),
+        (None, Some(home)) => PathBuf::from(home).join(".cache/kiln"),
+        (None, None) => std::env::temp_dir().join("kiln"),
+    }
+}
+
+/// Where CubeCL keeps its autotune results and compiled kernels between processes: `cubecl/` in
+/// Kiln's cache. CubeCL's own default is the `target/` of the outermost Cargo workspace above the
+/// working directory, so the CLI, the tests and the benchmarks would each tune again depending on
+/// where they run. A `cubecl.toml` (or `burn.toml`) that names another place wins. Once per process,
+/// before the first CubeCL device.
+fn keep_tuning_in_kiln_cache() {
+    use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.environment.path, CacheConfig::Target) {
+            config.environment.path = CacheConfig::Directory(cache_dir().join("cubecl"));
+        }
+        // False when CubeCL's configuration was already read: it then keeps what it has.
+        CubeClRuntimeConfig::try_set(config);
+    });
 }
 
 /// Makes glibc keep freed memory for reuse. By default it hands buffers above 32 MiB, and the top

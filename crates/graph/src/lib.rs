@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use burn_backend::TensorData;
-pub use device::{Backend, LaunchCounter, Mode, adapter_name, open as open_device, process_mode, set_mode, sync};
+pub use device::{Backend, LaunchCounter, Mode, adapter_name, cache_dir, open as open_device, process_mode, set_mode, sync};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Dim, ElemType, OnnxModel, ValueInfo, tensor_from_proto};
 pub use ops::{TypeInfo, is_supported, supported_ops};

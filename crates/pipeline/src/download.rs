@@ -12,12 +12,7 @@ use crate::error::{Error, Result};
 
 /// `$KILN_CACHE/models`, else `~/.cache/kiln/models`.
 pub fn cache_dir() -> PathBuf {
-    let base = match (std::env::var_os("KILN_CACHE"), std::env::var_os("HOME")) {
-        (Some(c), _) => PathBuf::from(c),
-        (None, Some(home)) => PathBuf::from(home).join(".cache/kiln"),
-        (None, None) => std::env::temp_dir().join("kiln"),
-    };
-    base.join("models")
+    kiln_graph::cache_dir().join("models")
 }
 
 /// Where a card's download lands.

@@ -100,6 +100,8 @@ impl Graph {
         let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
         passes::promote_constants(&mut model.graph);
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
+        // The unfolded weights go before the next pass copies weights again.
+        passes::prune_initializers(&mut model.graph);
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
         let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);

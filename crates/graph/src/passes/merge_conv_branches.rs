@@ -46,6 +46,9 @@ pub fn merge_conv_branches(g: &mut Subgraph, protected: &[String]) -> usize {
             return merged;
         }
         merged += n;
+        // The weights this round replaced go now: with three rounds per RepConv block, keeping
+        // every round's weights to the end held the model's conv weights about four times over.
+        super::prune_initializers(g);
     }
 }
 

@@ -74,7 +74,8 @@ enum Task {
         #[arg(long)]
         json: PathBuf,
     },
-    /// Load one model and print this process's peak memory (for `compat`'s load_peak_mb).
+    /// Load one model and print this process's peak memory, then its memory before the load, in MiB
+    /// (for `compat`'s load_peak_mb).
     #[command(hide = true)]
     LoadProbe { model: PathBuf },
     /// Time Kiln against ONNX Runtime and PyTorch, and fused against eager (see docs/benchmarks.md).
@@ -166,8 +167,9 @@ fn main() -> Result<()> {
             compat_worker(&models, backend.parse()?, mode.parse()?, &CaseFilter { all_cases, cases }, &json)
         }
         Task::LoadProbe { model } => {
+            let before = kiln_fixtures::rss_mb().context("no VmRSS on this system")?;
             kiln_graph::Graph::load(&model)?;
-            println!("{}", kiln_fixtures::peak_rss_mb().context("no VmHWM on this system")?);
+            println!("{} {before}", kiln_fixtures::peak_rss_mb().context("no VmHWM on this system")?);
             Ok(())
         }
         Task::Bench { set, models, batch, engines, runs, warmup, threads, wgpu_full, json, markdown, e2e } => {
@@ -429,7 +431,7 @@ fn compat_worker(models: &[String], backend: Backend, mode: Mode, filter: &CaseF
 /// Peak memory of loading `model`, measured in a fresh process so nothing else is counted.
 fn load_peak_mb(model: &Path) -> Option<f64> {
     let out = Command::new(std::env::current_exe().ok()?).arg("load-probe").arg(model).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next()?.parse().ok()
 }
 
 /// The rows as a Markdown support matrix, one line per model, case, backend and mode.

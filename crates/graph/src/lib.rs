@@ -98,7 +98,7 @@ impl Graph {
         let t = Instant::now();
         validate_ops(&model.graph).map_err(|e| e.in_model(&model.source))?;
         let outputs: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
-        passes::promote_constants(&mut model.graph);
+        passes::promote_identities(&mut model.graph);
         let batchnorms_folded = passes::fold_batchnorm(&mut model.graph, &outputs);
         // The unfolded weights go before the next pass copies weights again.
         passes::prune_initializers(&mut model.graph);
@@ -281,6 +281,9 @@ pub fn op_histogram(model: &OnnxModel) -> BTreeMap<String, usize> {
         }
     }
     walk(&model.graph, &mut h);
+    if model.constants > 0 {
+        *h.entry("Constant".into()).or_default() += model.constants;
+    }
     h
 }
 

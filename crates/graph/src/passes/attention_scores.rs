@@ -18,8 +18,9 @@ const CHAIN_OPS: [&str; 5] = ["Mul", "Div", "Add", "Sub", "Where"];
 
 /// Returns how many MatMuls were marked.
 pub fn mark_attention_scores(g: &mut Subgraph, protected: &[String]) -> usize {
-    let (readers, producer) = index(g);
-    let sole = |v: &str| readers.get(v) == Some(&1) && !protected.iter().any(|p| p == v);
+    let readers = super::Readers::new(g, protected);
+    let producer = super::producers(g);
+    let sole = |v: &str| readers.sole(v).is_some();
     // (MatMul, the operand and node of a scale to move after it)
     let mut plans: Vec<(usize, Option<(usize, usize)>)> = vec![];
     for n in g.nodes.iter().filter(|n| n.op == "Softmax" && matches!(n.attrs.get("axis"), Some(Attr::Int(-1)))) {
@@ -35,50 +36,55 @@ pub fn mark_attention_scores(g: &mut Subgraph, protected: &[String]) -> usize {
             None => plans.push((mi, None)),
         }
     }
-    let mut after: HashMap<usize, Node> = HashMap::new();
+    // The moved scales: (the product they now follow, their place before it).
+    let mut moves: Vec<(usize, usize)> = vec![];
     for &(mi, scale) in &plans {
         g.nodes[mi].attrs.insert(MATMUL_SCORES.into(), Attr::Int(1));
         let Some((k, si)) = scale else { continue };
         let scores = g.nodes[mi].outputs[0].clone();
-        let mul = g.nodes[si].clone();
         let scaled = format!("{}::scaled", g.nodes[mi].name);
-        g.nodes[mi].inputs[k] = mul.inputs[0].clone();
+        let query = std::mem::take(&mut g.nodes[si].inputs[0]);
+        g.nodes[mi].inputs[k] = query;
         for n in g.nodes.iter_mut().filter(|n| n.op == "Softmax") {
             for i in n.inputs.iter_mut().filter(|i| **i == scores) {
                 i.clone_from(&scaled);
             }
         }
-        after.insert(mi, Node { inputs: vec![scores, mul.inputs[1].clone()], outputs: vec![scaled], ..mul });
+        let mul = &mut g.nodes[si];
+        mul.inputs[0] = scores;
+        mul.outputs = vec![scaled];
+        moves.push((mi, si));
     }
-    // The moved scales leave their places before the products for places right after them.
-    let moved: Vec<usize> = plans.iter().filter_map(|p| p.1.map(|s| s.1)).collect();
-    let old = std::mem::take(&mut g.nodes);
-    for (i, n) in old.into_iter().enumerate() {
-        if moved.contains(&i) {
-            continue;
+    if !moves.is_empty() {
+        // Each moved scale goes right after its product, the other nodes keep their order; the
+        // nodes are permuted in place (a second node list was most of this pass's peak memory).
+        let mut dest = vec![0usize; g.nodes.len()];
+        let mut next = 0;
+        for i in 0..g.nodes.len() {
+            if moves.iter().any(|m| m.1 == i) {
+                continue;
+            }
+            dest[i] = next;
+            next += 1;
+            if let Some(&(_, si)) = moves.iter().find(|m| m.0 == i) {
+                dest[si] = next;
+                next += 1;
+            }
         }
-        g.nodes.push(n);
-        if let Some(m) = after.remove(&i) {
-            g.nodes.push(m);
+        for i in 0..dest.len() {
+            while dest[i] != i {
+                let d = dest[i];
+                g.nodes.swap(i, d);
+                dest.swap(i, d);
+            }
         }
     }
     plans.len()
 }
 
-fn index(g: &Subgraph) -> (HashMap<String, usize>, HashMap<String, usize>) {
-    let mut readers: HashMap<String, usize> = HashMap::new();
-    for n in &g.nodes {
-        for i in n.inputs.iter().filter(|s| !s.is_empty()) {
-            *readers.entry(i.clone()).or_default() += 1;
-        }
-    }
-    let producer = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.clone(), i))).collect();
-    (readers, producer)
-}
-
 /// The MatMul whose output reaches `value` through at most `depth` single-reader element-wise
 /// ops, and how many there are.
-fn scores_source(g: &Subgraph, producer: &HashMap<String, usize>, sole: &impl Fn(&str) -> bool, value: &str, depth: usize) -> Option<(usize, usize)> {
+fn scores_source(g: &Subgraph, producer: &HashMap<&str, usize>, sole: &impl Fn(&str) -> bool, value: &str, depth: usize) -> Option<(usize, usize)> {
     let p = *producer.get(value)?;
     let n = &g.nodes[p];
     if !sole(value) {
@@ -95,10 +101,10 @@ fn scores_source(g: &Subgraph, producer: &HashMap<String, usize>, sole: &impl Fn
 
 /// Which operand of the MatMul is `Mul(x, c)` or `Div(x, c)` with `c` a one-element constant
 /// read by nothing else, and the index of that node.
-fn scale_input(g: &Subgraph, producer: &HashMap<String, usize>, sole: &impl Fn(&str) -> bool, matmul: &Node) -> Option<(usize, usize)> {
+fn scale_input(g: &Subgraph, producer: &HashMap<&str, usize>, sole: &impl Fn(&str) -> bool, matmul: &Node) -> Option<(usize, usize)> {
     let scalar = |v: &str| g.initializers.iter().any(|(n, t)| n == v && t.shape().iter().product::<usize>() == 1);
     matmul.inputs.iter().enumerate().find_map(|(k, v)| {
-        let p = *producer.get(v)?;
+        let p = *producer.get(v.as_str())?;
         let n = &g.nodes[p];
         (matches!(n.op.as_str(), "Mul" | "Div") && n.inputs.len() == 2 && sole(v) && scalar(&n.inputs[1])).then_some((k, p))
     })

@@ -27,20 +27,15 @@ pub const CONCAT_BIAS_RELU: &str = "kiln_bias_relu";
 /// Returns how many convs gave their bias and ReLU to a Concat.
 pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
     // Shape and Size read no values (FAST resizes to the size of the map it concatenates with).
-    let mut consumers: HashMap<&str, usize> = HashMap::new();
-    for n in g.nodes.iter().filter(|n| n.op != "Shape" && n.op != "Size") {
-        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
-            *consumers.entry(input.as_str()).or_default() += 1;
-        }
-    }
-    let producer: HashMap<&str, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let readers = super::Readers::excluding(g, protected, &["Shape", "Size"]);
+    let producer = super::producers(g);
     let weights: HashMap<&str, &TensorData> = g.initializers.iter().map(|(n, t)| (n.as_str(), t.as_ref())).collect();
     let relu_conv = |n: &Node| n.op == "Conv" && matches!(n.attrs.get(CONV_ACTIVATION), Some(Attr::Str(a)) if a == "Relu");
     // A 2-D conv whose ReLU can move: its output read by the Concat alone, nothing added after.
     let movable = |value: &str| -> Option<usize> {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
-        let sole = consumers.get(value) == Some(&1) && !protected.iter().any(|p| p == value);
+        let sole = readers.sole(value).is_some();
         let plain = !conv.attrs.contains_key(CONV_RESIDUAL) && !conv.attrs.contains_key(CONV_ADD_AFTER);
         let rank4 = weights.get(conv.inputs.get(1)?.as_str()).is_some_and(|w| w.shape().len() == 4);
         (relu_conv(conv) && plain && sole && rank4 && conv.outputs.len() == 1).then_some(ci)

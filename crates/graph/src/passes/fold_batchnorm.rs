@@ -12,15 +12,9 @@ use crate::ops::batchnorm_affine;
 
 /// Returns how many BatchNormalization nodes were folded.
 pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
-    let mut consumers: HashMap<&str, usize> = HashMap::new();
-    for n in &g.nodes {
-        for i in n.inputs.iter().filter(|i| !i.is_empty()) {
-            *consumers.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    let producer: HashMap<&str, usize> =
-        g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
-    let init: HashMap<String, Arc<TensorData>> = g.initializers.iter().cloned().collect();
+    let readers = super::Readers::new(g, protected);
+    let producer = super::producers(g);
+    let init: HashMap<&str, &Arc<TensorData>> = g.initializers.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let floats = |name: &str| -> Option<Vec<f32>> { init.get(name)?.as_slice::<f32>().ok().map(<[f32]>::to_vec) };
 
     let mut plans: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = vec![];
@@ -31,8 +25,7 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         let Some(&ci) = producer.get(bn.inputs[0].as_str()) else { continue };
         let conv = &g.nodes[ci];
         if !matches!(conv.op.as_str(), "Conv" | "ConvTranspose")
-            || consumers.get(bn.inputs[0].as_str()) != Some(&1)
-            || protected.contains(&bn.inputs[0])
+            || readers.sole(&bn.inputs[0]).is_none()
             || !init.contains_key(conv.inputs.get(1).map(String::as_str).unwrap_or(""))
         {
             continue;
@@ -50,12 +43,14 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         plans.push((ci, bi, a, shift));
     }
 
+    // The indices go before the folded weights are made.
+    drop((readers, producer));
     let mut new_inits: Vec<(String, Arc<TensorData>)> = vec![];
     let mut dropped = vec![false; g.nodes.len()];
     let mut folded = 0;
     for (ci, bi, a, shift) in plans {
         let conv = &g.nodes[ci];
-        let w = &init[&conv.inputs[1]];
+        let w = init[conv.inputs[1].as_str()];
         let wshape = w.shape().to_vec();
         let Ok(wv) = w.as_slice::<f32>() else { continue };
         let Some(channel) = output_channel(conv, &wshape, a.len()) else { continue };

@@ -6,7 +6,6 @@
 //! (attribute `kiln_add_after`): on the fusing GPU backends a 1×1 conv then adds it inside its
 //! matmul's epilogue instead of in a kernel of its own.
 
-use std::collections::HashMap;
 
 use crate::model::{Attr, Subgraph};
 
@@ -24,17 +23,9 @@ pub fn fuse_conv_residual(g: &mut Subgraph, protected: &[String]) -> usize {
 }
 
 fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.nodes.iter().enumerate() {
-        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
-            consumers.entry(input.as_str()).or_default().push(i);
-        }
-    }
-    let producer: HashMap<&str, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
-    let sole = |value: &str| match consumers.get(value).map(Vec::as_slice) {
-        Some(&[i]) if !protected.iter().any(|p| p == value) => Some(i),
-        _ => None,
-    };
+    let readers = super::Readers::new(g, protected);
+    let producer = super::producers(g);
+    let sole = |value: &str| readers.sole(value);
     // A Conv that can take the Add: plain (no activation, no residual yet), its output read by
     // the Add alone.
     let fusable = |value: &str| -> Option<usize> {
@@ -99,17 +90,12 @@ fn later_conv<'a>(a: &'a str, b: &'a str, fusable: &impl Fn(&str) -> Option<usiz
 
 /// `Conv[activation] → Add(·, r)`: the Add moves into the Conv as an addend after its activation.
 fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
-    let mut consumers: HashMap<&str, usize> = HashMap::new();
-    for n in &g.nodes {
-        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
-            *consumers.entry(input.as_str()).or_default() += 1;
-        }
-    }
-    let producer: HashMap<&str, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let readers = super::Readers::new(g, protected);
+    let producer = super::producers(g);
     let fusable = |value: &str| -> Option<usize> {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
-        let sole = consumers.get(value) == Some(&1) && !protected.iter().any(|p| p == value);
+        let sole = readers.sole(value).is_some();
         (conv.op == "Conv" && conv.outputs.len() == 1 && sole && conv.attrs.contains_key(CONV_ACTIVATION) && !conv.attrs.contains_key(CONV_RESIDUAL))
             .then_some(ci)
     };

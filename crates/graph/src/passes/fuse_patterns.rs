@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use burn_backend::TensorData;
 
-use crate::model::{Attr, Node, Subgraph};
+use crate::model::{Attr, Attrs, Node, Subgraph};
 
 /// Counts of what was rewritten.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,33 +25,21 @@ pub struct Fused {
 pub const CONV_ACTIVATION: &str = "kiln_activation";
 pub const CONV_CLIP: &str = "kiln_activation_bounds";
 
-struct Index {
-    consumers: HashMap<String, usize>,
-    consts: HashMap<String, Arc<TensorData>>,
+/// What the matchers look up: who reads each value, and the constants by name.
+struct Index<'g> {
+    readers: super::Readers<'g>,
+    consts: HashMap<&'g str, &'g Arc<TensorData>>,
 }
 
-impl Index {
-    fn new(g: &Subgraph, protected: &[String]) -> Self {
-        let mut consumers: HashMap<String, usize> = HashMap::new();
-        for n in &g.nodes {
-            for i in n.inputs.iter().filter(|i| !i.is_empty()) {
-                *consumers.entry(i.clone()).or_default() += 1;
-            }
-        }
-        // Graph outputs count as consumers: they must survive.
-        for o in protected {
-            *consumers.entry(o.clone()).or_default() += 1;
-        }
-        let consts = g.initializers.iter().cloned().collect();
-        Self { consumers, consts }
+impl<'g> Index<'g> {
+    fn new(g: &'g Subgraph, protected: &'g [String]) -> Self {
+        let consts = g.initializers.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Self { readers: super::Readers::new(g, protected), consts }
     }
 
     /// The node consuming `value`, when it is the value's only use.
-    fn sole_consumer<'g>(&self, g: &'g Subgraph, value: &str) -> Option<(usize, &'g Node)> {
-        if self.consumers.get(value) != Some(&1) {
-            return None;
-        }
-        g.nodes.iter().enumerate().find(|(_, n)| n.inputs.iter().any(|i| i == value))
+    fn sole_consumer<'s>(&self, g: &'s Subgraph, value: &str) -> Option<(usize, &'s Node)> {
+        self.readers.sole(value).map(|i| (i, &g.nodes[i]))
     }
 
     fn floats(&self, name: &str) -> Option<Vec<f32>> {
@@ -69,8 +57,8 @@ impl Index {
 /// For a binary node with one constant operand: (the other operand, the constant's name).
 fn split_const<'n>(ix: &Index, n: &'n Node) -> Option<(&'n str, &'n str)> {
     match n.inputs.as_slice() {
-        [a, b] if ix.consts.contains_key(b) && !ix.consts.contains_key(a) => Some((a, b)),
-        [a, b] if ix.consts.contains_key(a) && !ix.consts.contains_key(b) => Some((b, a)),
+        [a, b] if ix.consts.contains_key(b.as_str()) && !ix.consts.contains_key(a.as_str()) => Some((a, b)),
+        [a, b] if ix.consts.contains_key(a.as_str()) && !ix.consts.contains_key(b.as_str()) => Some((b, a)),
         _ => None,
     }
 }
@@ -152,7 +140,7 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
             let l = &g.nodes[last];
             rewrites.push((
                 last,
-                Node { name: l.name.clone(), op: "HardSwish".into(), inputs: vec![x], outputs: l.outputs.clone(), attrs: HashMap::new() },
+                Node { name: l.name.clone(), op: "HardSwish".into(), inputs: vec![x], outputs: l.outputs.clone(), attrs: Attrs::new() },
             ));
             for j in [add, clip, mul] {
                 dropped[j] = true;
@@ -165,7 +153,7 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
         if conv.op != "Conv" || dropped[ci] {
             continue;
         }
-        let Some(w) = conv.inputs.get(1).and_then(|n| ix.consts.get(n)) else { continue };
+        let Some(w) = conv.inputs.get(1).and_then(|n| ix.consts.get(n.as_str())) else { continue };
         let wshape = w.shape().to_vec();
         let Ok(wv) = w.as_slice::<f32>() else { continue };
         let c = wshape[0];
@@ -210,6 +198,8 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
         fused.conv_affine += 1;
     }
 
+    // Freed now, not after the next index is built.
+    drop(ix);
     for (i, node) in rewrites {
         g.nodes[i] = node;
         dropped[i] = false;

@@ -53,18 +53,12 @@ pub fn merge_conv_branches(g: &mut Subgraph, protected: &[String]) -> usize {
 }
 
 fn merge_round(g: &mut Subgraph, protected: &[String]) -> usize {
-    let mut consumers: HashMap<&str, usize> = HashMap::new();
-    for n in &g.nodes {
-        for i in n.inputs.iter().filter(|i| !i.is_empty()) {
-            *consumers.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    let producer: HashMap<&str, usize> =
-        g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let readers = super::Readers::new(g, protected);
+    let producer = super::producers(g);
     let init: HashMap<&str, &Arc<TensorData>> = g.initializers.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let floats = |name: &str| -> Option<Vec<f32>> { init.get(name)?.as_slice::<f32>().ok().map(<[f32]>::to_vec) };
     // A value only its one consumer reads, and that is not a graph output.
-    let private = |v: &str| consumers.get(v) == Some(&1) && !protected.iter().any(|p| p == v);
+    let private = |v: &str| readers.sole(v).is_some();
 
     let branch = |i: usize| -> Option<Branch> {
         let n = &g.nodes[i];

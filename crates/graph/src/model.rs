@@ -239,7 +239,8 @@ const GRAPH_INITIALIZER: u32 = 5;
 const TENSOR_RAW_DATA: u32 = 9;
 
 /// Reads the main graph up to byte `end`, converting each node and initializer as it arrives
-/// (tensor `Constant` nodes become initializers); the graph's remaining fields (inputs, outputs, value infos) are decoded together at the end.
+/// (tensor `Constant` nodes become initializers; their count is returned); the graph's remaining
+/// fields (inputs, outputs, value infos) are decoded together at the end.
 fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, usize)> {
     let (mut nodes, mut initializers, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     // Nodes read so far: an unnamed node is named for its place in the file.

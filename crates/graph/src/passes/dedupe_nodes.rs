@@ -67,9 +67,8 @@ pub fn dedupe_nodes(g: &mut Subgraph, protected: &[String]) -> usize {
     removed
 }
 
-/// What makes two nodes compute the same thing; `None` for nodes that must never be merged.
-/// Writes what makes `n` equal to another node into `k`; false for nodes never merged (random
-/// ones, and those with branches).
+/// Writes what makes two nodes compute the same thing into `k`; false for nodes that must never
+/// be merged.
 fn key(n: &Node, k: &mut String) -> bool {
     if n.op.starts_with("Random") || n.op == "Multinomial" || n.op == "Dropout" {
         return false;
@@ -87,6 +86,7 @@ fn key(n: &Node, k: &mut String) -> bool {
     true
 }
 
+/// Every value name a subgraph (and the subgraphs in it) reads.
 fn names_read(g: &Subgraph, out: &mut HashSet<String>) {
     for n in &g.nodes {
         out.extend(n.inputs.iter().filter(|i| !i.is_empty()).cloned());

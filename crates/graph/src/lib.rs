@@ -104,7 +104,7 @@ impl Graph {
         passes::prune_initializers(&mut model.graph);
         let conv_branches_merged = passes::merge_conv_branches(&mut model.graph, &outputs);
         let fused = passes::fuse_patterns(&mut model.graph, &outputs);
-        let gemm_weights_transposed = passes::transpose_gemm_weights(&mut model.graph);
+        let gemm_weights_transposed = model.gemm_weights_transposed + passes::transpose_gemm_weights(&mut model.graph);
         let matmul_biases_fused = passes::fuse_matmul_bias(&mut model.graph, &outputs);
         let nodes_deduplicated = passes::dedupe_nodes(&mut model.graph, &outputs);
         // After deduplication: a conv repeated with the same inputs is computed once, and one

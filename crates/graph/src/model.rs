@@ -10,6 +10,7 @@ use burn_backend::{DType, TensorData};
 use onnx_ir::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 use crate::error::{Error, ErrorKind, Result, bail, err};
+use crate::passes;
 use crate::wire::{Wire, decode_error};
 
 /// ONNX element types Kiln accepts in graphs.
@@ -173,6 +174,8 @@ pub struct OnnxModel {
     /// Tensor `Constant` nodes of the main graph, read as initializers (still counted as nodes
     /// in op histograms).
     pub constants: usize,
+    /// `Gemm` nodes whose weights were stored transposed as they were read.
+    pub gemm_weights_transposed: usize,
     pub producer: String,
     /// `metadata_props` (PP-OCR keeps its recognition dictionary here, under `character`).
     pub metadata: Vec<(String, String)>,
@@ -199,12 +202,13 @@ impl OnnxModel {
         let mut w = Wire::new(r);
         let mut rest = Vec::new();
         let mut graph = None;
-        let mut constants = 0;
+        let (mut constants, mut gemm_weights_transposed) = (0, 0);
         while let Some((field, wire)) = w.field(len)? {
             if field == MODEL_GRAPH && wire == 2 && graph.is_none() {
                 let end = w.len(len)? + w.pos();
-                let (g, n) = read_graph(&mut w, end)?;
-                (graph, constants) = (Some(g), n);
+                let read;
+                (read, constants, gemm_weights_transposed) = read_graph(&mut w, end)?;
+                graph = Some(read);
             } else {
                 w.copy_field(field, wire, &mut rest, len)?;
             }
@@ -227,7 +231,7 @@ impl OnnxModel {
         }
         tracing::debug!(source = %source.display(), nodes = graph.nodes.len(), opset, "decoded ONNX");
         let metadata = proto.metadata_props.into_iter().map(|p| (p.key, p.value)).collect();
-        Ok(Self { source: source.to_path_buf(), opset, graph, constants, producer: proto.producer_name, metadata })
+        Ok(Self { source: source.to_path_buf(), opset, graph, constants, gemm_weights_transposed, producer: proto.producer_name, metadata })
     }
 }
 
@@ -239,10 +243,15 @@ const GRAPH_INITIALIZER: u32 = 5;
 const TENSOR_RAW_DATA: u32 = 9;
 
 /// Reads the main graph up to byte `end`, converting each node and initializer as it arrives
-/// (tensor `Constant` nodes become initializers; their count is returned); the graph's remaining
-/// fields (inputs, outputs, value infos) are decoded together at the end.
-fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, usize)> {
+/// (tensor `Constant` nodes become initializers), and the graph's remaining fields (inputs,
+/// outputs, value infos) together at the end. Weights that only `Gemm` nodes read transposed are
+/// stored transposed, in place (see `passes::transpose_gemm_weights`). Returns the graph, the
+/// count of `Constant` nodes read as initializers and of `Gemm` nodes rewritten.
+fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, usize, usize)> {
     let (mut nodes, mut initializers, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    // Known once the first initializer arrives: ONNX writers put the nodes first (field 1).
+    let mut read_transposed = None;
+    let mut transposed = std::collections::HashSet::new();
     // Nodes read so far: an unnamed node is named for its place in the file.
     let (mut read, mut constants) = (0, 0);
     while let Some((field, wire)) = w.field(end)? {
@@ -263,8 +272,11 @@ fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, u
                 }
             }
             (GRAPH_INITIALIZER, 2) => {
-                let t = TensorProto::parse_from_tokio_bytes(&w.message(end, Some(TENSOR_RAW_DATA))?)
+                let mut t = TensorProto::parse_from_tokio_bytes(&w.message(end, Some(TENSOR_RAW_DATA))?)
                     .map_err(|e| decode_error("initializer", e))?;
+                if read_transposed.get_or_insert_with(|| passes::read_transposed(&nodes)).contains(&t.name) && transpose_raw(&mut t) {
+                    transposed.insert(t.name.clone());
+                }
                 let value = tensor_from_proto(&t)?;
                 initializers.push((t.name, Arc::new(value)));
             }
@@ -272,10 +284,37 @@ fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, u
         }
     }
     let g = GraphProto::parse_from_bytes(&rest).map_err(|e| decode_error("graph", e))?;
+    let gemms = passes::read_as_stored(&mut nodes, &transposed);
     // The vectors grew by doubling; up to half of each is spare.
     nodes.shrink_to_fit();
     initializers.shrink_to_fit();
-    Ok((finish_graph(nodes, initializers, &g.input, &g.output)?, constants))
+    Ok((finish_graph(nodes, initializers, &g.input, &g.output)?, constants, gemms))
+}
+
+/// Stores a float matrix initializer `[N, K]` as `[K, N]`, in its own buffer when no other
+/// reference holds it; false (unchanged) otherwise.
+fn transpose_raw(t: &mut TensorProto) -> bool {
+    let (&[n, k], Some(ElemType::F32)) = (t.dims.as_slice(), ElemType::from_onnx(t.data_type)) else { return false };
+    let (Ok(n), Ok(k)) = (usize::try_from(n), usize::try_from(k)) else { return false };
+    if !cfg!(target_endian = "little") || t.raw_data.len() != 4 * n * k {
+        return false;
+    }
+    let mut raw = match std::mem::take(&mut t.raw_data).try_into_mut() {
+        Ok(raw) => raw,
+        Err(shared) => {
+            t.raw_data = shared;
+            return false;
+        }
+    };
+    // SAFETY: any bit pattern is an f32; `align_to_mut` leaves what is not 4-aligned outside.
+    let (head, values, tail) = unsafe { raw.align_to_mut::<f32>() };
+    let aligned = head.is_empty() && tail.is_empty();
+    if aligned {
+        passes::transpose_in_place(values, n, k);
+        t.dims = vec![k as i64, n as i64];
+    }
+    t.raw_data = raw.freeze();
+    aligned
 }
 
 /// Converts a subgraph (an `If` branch), consuming it.

@@ -274,17 +274,21 @@ fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, u
             (GRAPH_INITIALIZER, 2) => {
                 let mut t = TensorProto::parse_from_tokio_bytes(&w.message(end, Some(TENSOR_RAW_DATA))?)
                     .map_err(|e| decode_error("initializer", e))?;
-                if read_transposed.get_or_insert_with(|| passes::read_transposed(&nodes)).contains(&t.name) && transpose_raw(&mut t) {
+                let stored = (read_transposed.get_or_insert_with(|| passes::read_transposed(&nodes)).contains(&t.name)
+                    && transpose_raw(&mut t))
+                .then(|| {
                     transposed.insert(t.name.clone());
-                }
+                    passes::stored_name(&t.name)
+                });
                 let value = tensor_from_proto(&t)?;
-                initializers.push((t.name, Arc::new(value)));
+                initializers.push((stored.unwrap_or(t.name), Arc::new(value)));
             }
             _ => w.copy_field(field, wire, &mut rest, end)?,
         }
     }
     let g = GraphProto::parse_from_bytes(&rest).map_err(|e| decode_error("graph", e))?;
-    let gemms = passes::read_as_stored(&mut nodes, &transposed);
+    let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    let gemms = passes::read_as_stored(&mut nodes, &transposed, &outputs);
     // The vectors grew by doubling; up to half of each is spare.
     nodes.shrink_to_fit();
     initializers.shrink_to_fit();

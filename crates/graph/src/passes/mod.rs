@@ -28,7 +28,7 @@ pub use prune::prune_initializers;
 pub(crate) use specialize::run_guarded;
 pub use specialize::{Program, specialize};
 pub use transpose_gemm_weights::transpose_gemm_weights;
-pub(crate) use transpose_gemm_weights::{read_as_stored, read_transposed, transpose_in_place};
+pub(crate) use transpose_gemm_weights::{read_as_stored, read_transposed, stored_name, transpose_in_place};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -31,7 +31,7 @@ pub fn transpose_gemm_weights(g: &mut Subgraph) -> usize {
             let (&[n, k], Ok(v)) = (t.shape().as_slice(), t.as_slice::<f32>()) else { return None };
             let mut kn = v.to_vec();
             transpose_in_place(&mut kn, n, k);
-            let copy = format!("{name}::kn");
+            let copy = stored_name(&name);
             new_inits.push((copy.clone(), Arc::new(TensorData::new(kn, vec![k, n]))));
             Some(copy)
         });
@@ -62,38 +62,52 @@ pub(crate) fn read_transposed(nodes: &[Node]) -> HashSet<String> {
     only_b.into_iter().filter(|&(_, b)| b).map(|(name, _)| name.to_owned()).collect()
 }
 
-/// After decoding: the `Gemm` nodes that read a weight the decoder stored transposed read it
-/// as it is (`transB = 0`); any other reader (a node that came after the initializers in the
-/// file) reads it through a `Transpose` back. Returns how many `Gemm` nodes were rewritten.
-pub(crate) fn read_as_stored(nodes: &mut Vec<Node>, transposed: &HashSet<String>) -> usize {
-    let (mut rewritten, mut back) = (0, Vec::new());
-    for node in nodes.iter_mut() {
-        let b_transposed = reads_b_transposed(node);
-        for i in 0..node.inputs.len() {
-            if !transposed.contains(&node.inputs[i]) {
-                continue;
-            }
-            if i == 1 && b_transposed {
-                node.attrs.insert("transB".into(), Attr::Int(0));
-                rewritten += 1;
-            } else {
-                let original = format!("{}::nk", node.inputs[i]);
-                if !back.iter().any(|(o, _)| *o == original) {
-                    back.push((original.clone(), node.inputs[i].clone()));
-                }
-                node.inputs[i] = original;
+/// The name a weight is kept under once it is stored `[K, N]`.
+pub(crate) fn stored_name(weight: &str) -> String {
+    format!("{weight}::kn")
+}
+
+/// After decoding: the `Gemm` nodes that read a weight the decoder stored transposed (under
+/// [`stored_name`]) read it as it is, `transB = 0`. Whatever else reads such a weight by its
+/// own name (a node that came after the initializers in the file, an `If` branch, a graph
+/// output) reads it through a `Transpose` back. Returns how many `Gemm` nodes were rewritten.
+pub(crate) fn read_as_stored(nodes: &mut Vec<Node>, transposed: &HashSet<String>, outputs: &[&str]) -> usize {
+    let mut rewritten = 0;
+    for node in nodes.iter_mut().filter(|n| reads_b_transposed(n)) {
+        if node.inputs.get(1).is_some_and(|b| transposed.contains(b)) {
+            node.inputs[1] = stored_name(&node.inputs[1]);
+            node.attrs.insert("transB".into(), Attr::Int(0));
+            rewritten += 1;
+        }
+    }
+    let mut read: HashSet<&str> = outputs.iter().copied().collect();
+    collect_reads(nodes, &mut read);
+    let back: Vec<Node> = transposed
+        .iter()
+        .filter(|w| read.contains(w.as_str()))
+        .map(|w| Node {
+            name: format!("{w}::nk"),
+            op: "Transpose".into(),
+            inputs: vec![stored_name(w)],
+            outputs: vec![w.clone()],
+            attrs: [("perm".to_owned(), Attr::Ints(vec![1, 0]))].into_iter().collect(),
+        })
+        .collect();
+    nodes.splice(0..0, back);
+    rewritten
+}
+
+/// Every value the nodes read, their `If` branches' nodes and outputs included.
+fn collect_reads<'a>(nodes: &'a [Node], read: &mut HashSet<&'a str>) {
+    for node in nodes {
+        read.extend(node.inputs.iter().map(String::as_str));
+        for attr in node.attrs.values() {
+            if let Attr::Graph(g) = attr {
+                collect_reads(&g.nodes, read);
+                read.extend(g.outputs.iter().map(|o| o.name.as_str()));
             }
         }
     }
-    let back = back.into_iter().map(|(original, stored)| Node {
-        name: original.clone(),
-        op: "Transpose".into(),
-        inputs: vec![stored],
-        outputs: vec![original],
-        attrs: [("perm".to_owned(), Attr::Ints(vec![1, 0]))].into_iter().collect(),
-    });
-    nodes.splice(0..0, back);
-    rewritten
 }
 
 /// Transposes a row-major `[rows, cols]` matrix into `[cols, rows]` in its own storage, by
@@ -149,11 +163,21 @@ mod tests {
         };
         let nodes = vec![node("Gemm", &["x", "w", "b"], 1), node("Gemm", &["x", "v"], 0)];
         assert_eq!(read_transposed(&nodes), HashSet::from(["w".to_owned()]));
+        let w = HashSet::from(["w".to_owned()]);
+        // Only the Gemm reads it: no way back is needed.
+        let mut nodes = vec![node("Gemm", &["x", "w", "b"], 1)];
+        assert_eq!(read_as_stored(&mut nodes, &w, &[]), 1);
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].inputs, ["x", "w::kn", "b"]);
+        assert!(matches!(nodes[0].attrs.get("transB"), Some(Attr::Int(0))));
         // A node read after the weight was stored transposed: MatMul reads the original.
         let mut nodes = vec![node("Gemm", &["x", "w", "b"], 1), node("MatMul", &["x", "w"], 0)];
-        assert_eq!(read_as_stored(&mut nodes, &HashSet::from(["w".to_owned()])), 1);
-        assert_eq!((nodes[0].op.as_str(), nodes[0].inputs.as_slice(), nodes[0].outputs.as_slice()), ("Transpose", &["w".to_owned()][..], &["w::nk".to_owned()][..]));
-        assert!(matches!(nodes[1].attrs.get("transB"), Some(Attr::Int(0))));
-        assert_eq!(nodes[2].inputs, ["x", "w::nk"]);
+        assert_eq!(read_as_stored(&mut nodes, &w, &[]), 1);
+        assert_eq!((nodes[0].op.as_str(), nodes[0].inputs.as_slice(), nodes[0].outputs.as_slice()), ("Transpose", &["w::kn".to_owned()][..], &["w".to_owned()][..]));
+        assert_eq!(nodes[2].inputs, ["x", "w"]);
+        // So does a graph output.
+        let mut nodes = vec![node("Gemm", &["x", "w", "b"], 1)];
+        read_as_stored(&mut nodes, &w, &["w"]);
+        assert_eq!(nodes[0].op, "Transpose");
     }
 }

@@ -574,14 +574,32 @@ fn conv_operands<'a>(x: &'a T, w: &'a T, bias: Option<&'a T>) -> Option<(&'a [f3
 
 /// A conv's weights in a route's packed layout, made on the first forward and kept for the plan's
 /// life, for weights that are constants: packing is a pass over every weight (5 ms for ResNet's
-/// 512-channel 3×3 convs, as long as a third of the conv itself at batch 1).
+/// 512-channel 3×3 convs, as long as a third of the conv itself at batch 1). A depthwise conv
+/// keeps here which of its two routes ran faster on that forward.
 #[derive(Default)]
-pub struct PackedWeights(std::sync::OnceLock<Vec<f32>>);
+pub struct PackedWeights(std::sync::OnceLock<Vec<f32>>, std::sync::OnceLock<bool>);
 
 impl PackedWeights {
     pub(super) fn get_or_pack(&self, pack: impl FnOnce() -> Vec<f32>) -> &[f32] {
         self.0.get_or_init(pack)
     }
+}
+
+/// Whether route `a` writes `out` faster than `b`, the better of two runs each (both write all of
+/// `out`; `a` returns false, writing nothing, where it does not apply).
+fn first_is_faster(out: &mut [f32], mut a: impl FnMut(&mut [f32]) -> bool, mut b: impl FnMut(&mut [f32])) -> bool {
+    let best = |run: &mut dyn FnMut(&mut [f32]) -> bool, out: &mut [f32]| {
+        (0..2)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                run(out).then(|| t.elapsed())
+            })
+            .min()
+            .flatten()
+    };
+    let ta = best(&mut a, out);
+    let tb = best(&mut |o| { b(o); true }, out);
+    ta.is_some_and(|ta| tb.is_none_or(|tb| ta < tb))
 }
 
 /// Runs the convolution when `x`, `w` (and `bias`) are contiguous f32 flex tensors; `None` leaves
@@ -645,11 +663,24 @@ pub fn conv2d(
             return None;
         }
         let across_channels = g.kernel[0] * g.kernel[1] >= CHANNEL_LANE_TAPS || (g.stride == [2, 2] && n > 1);
-        let done = (oh * ow <= MASKED_BEFORE_CHANNELS && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, &mut out, g))
-            || (across_channels && super::depthwise_channels::conv(xs, ws, bs, epilogue_in_route, &mut out, g))
-            || (oh * ow <= DEPTHWISE_MASKED_PLANE && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, &mut out, g));
-        if !done {
-            depthwise(xs, ws, bs, epilogue_in_route, &mut out, g);
+        let channels = |out: &mut [f32]| super::depthwise_channels::conv(xs, ws, bs, epilogue_in_route, out, g);
+        let along_planes = |out: &mut [f32]| {
+            if !(oh * ow <= DEPTHWISE_MASKED_PLANE && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, out, g)) {
+                depthwise(xs, ws, bs, epilogue_in_route, out, g);
+            }
+        };
+        if !(oh * ow <= MASKED_BEFORE_CHANNELS && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, &mut out, g)) {
+            // Which route wins depends on the CPU as much as on the shape (240 channels 5×5 at
+            // 16×16, batch 64: 2.3 ms across channels against 3.0 on a Zen 5, 3.3 against 2.2 on
+            // a Zen 4), so a conv with constant weights times both on its first forward.
+            let across_channels = across_channels
+                && match packed {
+                    Some(p) => *p.1.get_or_init(|| first_is_faster(&mut out, channels, along_planes)),
+                    None => true,
+                };
+            if !(across_channels && channels(&mut out)) {
+                along_planes(&mut out);
+            }
         }
     } else if g.groups == 1 && (g.kernel != [1, 1] || oh * ow >= LARGE_PLANE) && (c * g.kernel[0] * g.kernel[1] <= SMALL_K || (c <= 4 && c * g.kernel[0] * g.kernel[1] <= STEM_K)) {
         // Bands of output rows, every output channel at once: a band's input phases stay in
@@ -1950,6 +1981,21 @@ mod tests {
     /// Depthwise convolutions with strides (CRNN's 2×1 among them), dilation, pads that reach
     /// past the input and planes from one row high to wider than `WIDE_ROW`, through the phase
     /// route and (where it applies) the masked one, against the definition.
+    #[test]
+    fn the_faster_route_is_kept() {
+        let pause = |ms: u64, applies: bool| move |out: &mut [f32]| {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            out.fill(1.0);
+            applies
+        };
+        let mut out = [0f32; 4];
+        assert!(first_is_faster(&mut out, pause(0, true), |o| { pause(20, true)(o); }));
+        assert!(!first_is_faster(&mut out, pause(20, true), |o| { pause(0, true)(o); }));
+        // A route that does not apply is never kept.
+        assert!(!first_is_faster(&mut out, pause(0, false), |o| { pause(20, true)(o); }));
+        assert_eq!(out, [1.0; 4]);
+    }
+
     #[test]
     fn depthwise_matches_definition() {
         // (channels, h, w, kernel, [sh, sw], dilation, pad)

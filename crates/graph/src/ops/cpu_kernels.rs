@@ -1978,9 +1978,6 @@ mod tests {
         }
     }
 
-    /// Depthwise convolutions with strides (CRNN's 2×1 among them), dilation, pads that reach
-    /// past the input and planes from one row high to wider than `WIDE_ROW`, through the phase
-    /// route and (where it applies) the masked one, against the definition.
     #[test]
     fn the_faster_route_is_kept() {
         let pause = |ms: u64, applies: bool| move |out: &mut [f32]| {
@@ -1996,6 +1993,9 @@ mod tests {
         assert_eq!(out, [1.0; 4]);
     }
 
+    /// Depthwise convolutions with strides (CRNN's 2×1 among them), dilation, pads that reach
+    /// past the input and planes from one row high to wider than `WIDE_ROW`, through the phase
+    /// route and (where it applies) the masked one, against the definition.
     #[test]
     fn depthwise_matches_definition() {
         // (channels, h, w, kernel, [sh, sw], dilation, pad)

@@ -5,7 +5,7 @@
 //! Initializers are transposed in place as the decoder reads them ([`read_transposed`] and
 //! [`transpose_in_place`]): a transposed copy beside the original was the orientation
 //! classifiers' load peak (their 2.3 MB classifier weight in a 6 MB file). The pass
-//! [`transpose_gemm_weights`] copies the rest (weights from `Constant` nodes, `If` branches).
+//! [`transpose_gemm_weights`] copies the rest (weights that came as `Constant` nodes).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -924,3 +924,36 @@ fn raw_weights_load_exactly_at_every_byte_offset() {
         assert_eq!(floats(&out[0]), want);
     }
 }
+
+/// The CPUs a thread may run on, from `/proc` (`thread-self`: the calling thread).
+fn cpus_allowed(who: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim();
+    list.split(',')
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// With a rayon worker per CPU (the default), loading a graph pins each worker to its own CPU;
+/// a pool of another size, or `KILN_PIN_THREADS=0`, stays unpinned.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn cpu_workers_are_pinned_one_to_a_cpu() {
+    let allowed = cpus_allowed("self");
+    let other_size = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).is_some_and(|t: usize| t > 0 && t != allowed.len());
+    let expected = allowed.len() >= 2 && !other_size && std::env::var("KILN_PIN_THREADS").map_or(true, |v| v != "0");
+    let b = OnnxBuilder::new(17).input("x", FLOAT, &[2]).node("Relu", &["x"], &["y"], &[]).output("y", FLOAT, &[2]);
+    Graph::from_bytes(b.bytes(), "test.onnx").unwrap();
+    assert_eq!(kiln_graph::pin_cpu_workers(), expected);
+    let mut per_worker: Vec<Vec<usize>> = rayon::broadcast(|_| cpus_allowed("thread-self"));
+    if expected {
+        assert!(per_worker.iter().all(|c| c.len() == 1), "{per_worker:?}");
+        per_worker.sort();
+        assert_eq!(per_worker.concat(), allowed);
+    } else {
+        assert!(per_worker.iter().all(|c| c == &allowed), "{per_worker:?}");
+    }
+}

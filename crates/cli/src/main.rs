@@ -53,6 +53,8 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    // Before the pages are decoded in parallel, which would build rayon's pool unpinned.
+    kiln_graph::pin_cpu_workers();
     match Cli::parse().command {
         Command::Ocr(args) => ocr(*args),
         Command::Models => models(),

@@ -123,6 +123,7 @@ pub fn open(backend: Backend, mode: Mode) -> Result<Device> {
     match backend {
         Backend::Flex => {
             keep_freed_memory();
+            pin_cpu_workers();
             Ok(Device::flex())
         }
         Backend::Wgpu => {
@@ -193,6 +194,62 @@ fn keep_freed_memory() {
                 tracing::warn!("glibc refused Kiln's allocation thresholds; large buffers go back to the OS");
             }
         });
+    }
+}
+
+/// Pins rayon's workers, one to each CPU the process may use, as ONNX Runtime pins its intra-op
+/// threads. Unpinned, a scheduler that packs threads onto few CPUs once the machine has idled (the
+/// Firecracker guests Kiln is benchmarked on do: `sched_vcpu_pack`) ran whole forwards on one core:
+/// the page classifier took 10.6 ms after a 50 ms pause against 6.5 ms pinned, with 890 preemptions
+/// per forward against 60. Only when Kiln is first to build rayon's global pool (a pool the
+/// application built stays as it is) and the pool has a worker per CPU (with fewer, pinning would
+/// put every process's workers on the same first CPUs); `KILN_PIN_THREADS=0` opts out. Runs at the
+/// first [`crate::Graph::load`] and CPU device; an application that uses rayon earlier calls it
+/// first. True when this call or an earlier one pinned the workers.
+pub fn pin_cpu_workers() -> bool {
+    static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            if std::env::var("KILN_PIN_THREADS").is_ok_and(|v| v == "0") {
+                return false;
+            }
+            let cpus = allowed_cpus();
+            let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&t: &usize| t > 0);
+            if cpus.len() < 2 || threads.is_some_and(|t| t != cpus.len()) {
+                return false;
+            }
+            let built = rayon::ThreadPoolBuilder::new()
+                .num_threads(cpus.len())
+                .start_handler(move |worker| {
+                    // SAFETY: the set is a plain bit mask sized as the call is told.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpus[worker], &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    }
+                })
+                .build_global();
+            if built.is_err() {
+                tracing::debug!("rayon's global pool was built before Kiln's first graph or CPU device; its workers stay unpinned");
+            }
+            built.is_ok()
+        }
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        false
+    })
+}
+
+/// The CPUs this process may run on, in order.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: the set is a plain bit mask sized as the call is told.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
 }
 

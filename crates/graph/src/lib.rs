@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use burn_backend::TensorData;
-pub use device::{Backend, LaunchCounter, Mode, adapter_name, cache_dir, open as open_device, process_mode, set_mode, sync};
+pub use device::{Backend, LaunchCounter, Mode, adapter_name, cache_dir, open as open_device, pin_cpu_workers, process_mode, set_mode, sync};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Dim, ElemType, OnnxModel, ValueInfo, tensor_from_proto};
 pub use ops::{TypeInfo, is_supported, supported_ops};
@@ -81,6 +81,7 @@ pub struct Graph {
 impl Graph {
     /// Loads and validates an ONNX file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        device::pin_cpu_workers();
         let t = Instant::now();
         let model = OnnxModel::from_path(path.as_ref())?;
         Self::prepare(model, t)
@@ -88,6 +89,7 @@ impl Graph {
 
     /// Loads from memory; `name` is used in error messages.
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Self> {
+        device::pin_cpu_workers();
         let t = Instant::now();
         let model = OnnxModel::from_bytes(bytes, name.into())?;
         Self::prepare(model, t)

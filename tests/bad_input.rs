@@ -160,6 +160,21 @@ fn nan_input_is_rejected() {
     let e = plan.run(&[nan]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::NonFiniteInput);
     assert!(e.to_string().contains("'x'"), "{e}");
+    // Past the first of the chunks the upload copies and checks in parallel; and as f64.
+    let n = 1 << 18;
+    let plan = g.compile(Backend::Flex, Mode::Fused, &[vec![1, n]]).unwrap();
+    let mut v = vec![1.0f32; n];
+    v[n - 1] = f32::INFINITY;
+    assert_eq!(plan.run(&[TensorData::new(v.clone(), vec![1, n])]).unwrap_err().kind, ErrorKind::NonFiniteInput);
+    assert_eq!(plan.run_owned(vec![TensorData::new(v.clone(), vec![1, n])]).unwrap_err().kind, ErrorKind::NonFiniteInput);
+    v[n - 1] = -2.0;
+    let out = plan.run_owned(vec![TensorData::new(v, vec![1, n])]).unwrap();
+    assert_eq!(out[0].as_slice::<f32>().unwrap()[n - 2..], [1.0, 0.0]);
+    let plan = g.compile(Backend::Flex, Mode::Fused, &[vec![1, 4]]).unwrap();
+    let nan64 = TensorData::new(vec![1.0f64, 0.0, f64::NAN, 2.0], vec![1, 4]);
+    assert_eq!(plan.run(&[nan64]).unwrap_err().kind, ErrorKind::NonFiniteInput);
+    let fine64 = TensorData::new(vec![1.0f64, 0.0, -3.0, 2.0], vec![1, 4]);
+    assert_eq!(plan.run(&[fine64]).unwrap()[0].to_vec::<f32>().unwrap(), [1.0, 0.0, 0.0, 2.0]);
 }
 
 #[test]

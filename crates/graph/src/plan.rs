@@ -148,10 +148,19 @@ impl Plan {
         self.run_with_stats(inputs).map(|(o, _)| o)
     }
 
+    /// [`Plan::run`] taking the inputs: on the CPU an f32 input becomes the first tensor without
+    /// a copy (a batch of 64 crops is 50 MB, 3.6 ms to copy).
+    pub fn run_owned(&self, inputs: Vec<TensorData>) -> Result<Vec<TensorData>> {
+        self.finish(self.forward_observed(Inputs::Owned(inputs), |_| Ok(()))?).map(|(o, _)| o)
+    }
+
     /// Like [`Plan::run`], also reporting host reads made inside the forward.
     pub fn run_with_stats(&self, inputs: &[TensorData]) -> Result<(Vec<TensorData>, RunStats)> {
-        let before = HOST_READS.with(Cell::get);
-        let outs = self.forward(inputs)?;
+        self.finish(self.forward_observed(Inputs::Borrowed(inputs), |_| Ok(()))?)
+    }
+
+    /// Downloads a forward's outputs, with the host reads made since `before`.
+    fn finish(&self, (outs, before): (Vec<T>, usize)) -> Result<(Vec<TensorData>, RunStats)> {
         let host_reads = HOST_READS.with(Cell::get) - before;
         let stats = RunStats { host_reads, steps: self.steps.len() };
         let host = outs
@@ -168,7 +177,7 @@ impl Plan {
 
     /// Uploads the inputs and queues the forward; outputs stay on the device.
     pub fn forward(&self, inputs: &[TensorData]) -> Result<Vec<T>> {
-        self.forward_observed(inputs, |_| Ok(()))
+        self.forward_observed(Inputs::Borrowed(inputs), |_| Ok(())).map(|(o, _)| o)
     }
 
     /// Runs the forward with the device synced after every step, timing each: where a forward's
@@ -180,7 +189,7 @@ impl Plan {
         let counter = crate::device::LaunchCounter::start();
         let mut launched = 0;
         let mut last = std::time::Instant::now();
-        self.forward_observed(inputs, |step| {
+        self.forward_observed(Inputs::Borrowed(inputs), |step| {
             crate::device::sync(&self.device)?;
             let ms = last.elapsed().as_secs_f64() * 1e3;
             let kernels = counter.count() - launched;
@@ -192,14 +201,26 @@ impl Plan {
         Ok(times)
     }
 
-    fn forward_observed(&self, inputs: &[TensorData], mut after: impl FnMut(&PlanStep) -> Result<()>) -> Result<Vec<T>> {
-        self.check_inputs(inputs)?;
+    /// Runs the steps, calling `after` past each; returns the outputs on the device and the host
+    /// read count from before the inputs were uploaded.
+    fn forward_observed(&self, inputs: Inputs, mut after: impl FnMut(&PlanStep) -> Result<()>) -> Result<(Vec<T>, usize)> {
+        let before = HOST_READS.with(Cell::get);
+        let uploaded: Vec<Option<T>> = match inputs {
+            Inputs::Borrowed(inputs) => {
+                self.check_inputs(inputs)?;
+                inputs.iter().map(|d| run_guarded(|| self.ctx.upload_finite(d))).collect::<Result<_>>()?
+            }
+            Inputs::Owned(inputs) => {
+                self.check_inputs(&inputs)?;
+                inputs.into_iter().map(|d| run_guarded(|| self.ctx.take_finite(d))).collect::<Result<_>>()?
+            }
+        };
         let mut vals: Vec<Option<T>> = vec![None; self.slots];
         for (s, t) in &self.consts {
             vals[*s] = Some(t.clone());
         }
-        for ((_, _, s), data) in self.inputs.iter().zip(inputs) {
-            vals[*s] = Some(run_guarded(|| self.ctx.upload(data))?);
+        for ((name, _, s), t) in self.inputs.iter().zip(uploaded) {
+            vals[*s] = Some(t.ok_or_else(|| err!(NonFiniteInput, "input '{name}' contains NaN or infinity"))?);
         }
         for step in &self.steps {
             let args = step
@@ -219,10 +240,12 @@ impl Plan {
                 }
             }
         }
-        self.outputs
+        let outs = self
+            .outputs
             .iter()
             .map(|(n, _, s)| vals[*s].clone().ok_or_else(|| err!(InvalidGraph, "output '{n}' was not computed")))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((outs, before))
     }
 
     fn check_inputs(&self, inputs: &[TensorData]) -> Result<()> {
@@ -237,18 +260,20 @@ impl Plan {
             if elem.is_float() != ty.elem.is_float() || (elem == ElemType::Bool) != (ty.elem == ElemType::Bool) {
                 bail!(InputMismatch, "input '{name}' has element type {:?}, expected {:?}", data.dtype(), ty.elem);
             }
-            if elem.is_float() {
-                let finite = match data.as_slice::<f32>() {
-                    Ok(v) => crate::tensor::all_finite(v),
-                    Err(_) => data.iter::<f64>().all(|x| x.is_finite()),
-                };
-                if !finite {
-                    bail!(NonFiniteInput, "input '{name}' contains NaN or infinity");
-                }
+            // f32 inputs are checked as they are uploaded (`Ctx::upload_finite`), in the same pass.
+            if elem.is_float() && data.as_slice::<f32>().is_err() && !data.iter::<f64>().all(|x| x.is_finite()) {
+                bail!(NonFiniteInput, "input '{name}' contains NaN or infinity");
             }
         }
         Ok(())
     }
+}
+
+/// A forward's inputs as the caller hands them: borrowed ones are copied to the device, owned
+/// ones moved there.
+enum Inputs<'a> {
+    Borrowed(&'a [TensorData]),
+    Owned(Vec<TensorData>),
 }
 
 /// A one-channel map from a channels-last op (Burn's convs and resizes leave `[N, H, W, C]` memory

@@ -61,6 +61,26 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::upload`] for a graph input: `None` when an f32 input holds NaN or infinity, found in
+    /// the pass that copies it (other types are checked before, in `Plan::check_inputs`).
+    pub fn upload_finite(&self, data: &TensorData) -> Option<T> {
+        match data.as_slice::<f32>() {
+            Ok(v) if data.shape().num_dims() > 0 => {
+                par_copy_finite(v).map(|c| B::float_from_data(TensorData::new(c, data.shape().to_vec()), &self.device))
+            }
+            _ => Some(self.upload(data)),
+        }
+    }
+
+    /// [`Ctx::upload_finite`] for an input the caller hands over: an f32 one becomes the CPU
+    /// tensor as it is, after one pass that tests its values.
+    pub fn take_finite(&self, data: TensorData) -> Option<T> {
+        match data.as_slice::<f32>() {
+            Ok(v) if data.shape().num_dims() > 0 => all_finite(v).then(|| B::float_from_data(data, &self.device)),
+            _ => Some(self.upload(&data)),
+        }
+    }
+
     /// Host data to a device tensor: floats as f32, integers in the device's int type.
     pub fn upload(&self, data: &TensorData) -> T {
         let d = &self.device;
@@ -78,7 +98,7 @@ impl Ctx {
     }
 }
 
-/// Floats per task of [`par_copy`] and [`all_finite`].
+/// Floats per task of [`par_copy`], [`par_copy_finite`] and [`all_finite`].
 const HOST_CHUNK: usize = 1 << 16;
 
 /// A copy of `v` made by every thread: an input batch of 64 crops is 50 MB, which one thread
@@ -91,9 +111,23 @@ fn par_copy(v: &[f32]) -> Vec<f32> {
     out
 }
 
+/// [`par_copy`] that also tests every copied float, in chunks whose test vectorises and reads
+/// what the copy just left in cache; `None` when one is NaN or infinite. A batch of 64 crops (50
+/// MB) was copied in 2.5 ms and then read again for the test in 1 ms.
+fn par_copy_finite(v: &[f32]) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    // SAFETY: the chunks below write every element.
+    let mut out = unsafe { crate::ops::output_buffer(v.len()) };
+    let finite = out.par_chunks_mut(HOST_CHUNK).zip(v.par_chunks(HOST_CHUNK)).all(|(o, i)| {
+        o.copy_from_slice(i);
+        o.iter().fold(true, |ok, x| ok & x.is_finite())
+    });
+    finite.then_some(out)
+}
+
 /// Whether every float is finite, in chunks whose test vectorises (`Iterator::all` stops at the
-/// first failure, which keeps it scalar: 7 ms over a batch of 64 crops, 1 ms this way).
-pub fn all_finite(v: &[f32]) -> bool {
+/// first failure, which keeps it scalar: 7 ms over a batch of 64 crops, 1.4 ms this way).
+fn all_finite(v: &[f32]) -> bool {
     use rayon::prelude::*;
     v.par_chunks(HOST_CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
 }

@@ -88,7 +88,7 @@ impl Model {
 
     fn run(&self, backend: Backend, mode: Mode, batch: TensorData) -> Result<(Vec<f32>, Vec<usize>)> {
         let plan = self.graph.compile(backend, mode, &[batch.shape().to_vec()])?;
-        let out = plan.run(&[batch])?.into_iter().next().ok_or_else(|| Error::WrongModel {
+        let out = plan.run_owned(vec![batch])?.into_iter().next().ok_or_else(|| Error::WrongModel {
             card: self.card.name.clone(),
             reason: "the model has no outputs".into(),
         })?;

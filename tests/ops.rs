@@ -937,14 +937,19 @@ fn cpus_allowed(who: &str) -> Vec<usize> {
         .collect()
 }
 
-/// With a rayon worker per CPU (the default), loading a graph pins each worker to its own CPU;
-/// a pool of another size, or `KILN_PIN_THREADS=0`, stays unpinned.
+/// With a rayon worker per CPU (the default where no CPU quota holds the process below its CPUs),
+/// loading a graph pins each worker to its own CPU; a pool of another size, or
+/// `KILN_PIN_THREADS=0`, stays unpinned.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn cpu_workers_are_pinned_one_to_a_cpu() {
     let allowed = cpus_allowed("self");
-    let other_size = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).is_some_and(|t: usize| t > 0 && t != allowed.len());
-    let expected = allowed.len() >= 2 && !other_size && std::env::var("KILN_PIN_THREADS").map_or(true, |v| v != "0");
+    let workers = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&t: &usize| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().unwrap().get());
+    let expected = allowed.len() >= 2 && workers == allowed.len() && std::env::var("KILN_PIN_THREADS").map_or(true, |v| v != "0");
     let b = OnnxBuilder::new(17).input("x", FLOAT, &[2]).node("Relu", &["x"], &["y"], &[]).output("y", FLOAT, &[2]);
     Graph::from_bytes(b.bytes(), "test.onnx").unwrap();
     assert_eq!(kiln_graph::pin_cpu_workers(), expected);

@@ -214,9 +214,15 @@ pub fn pin_cpu_workers() -> bool {
             if std::env::var("KILN_PIN_THREADS").is_ok_and(|v| v == "0") {
                 return false;
             }
+            // Rayon's own default: `RAYON_NUM_THREADS`, else the parallelism the OS grants (which
+            // a cgroup's CPU quota can hold below the CPUs the process may run on).
             let cpus = allowed_cpus();
-            let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&t: &usize| t > 0);
-            if cpus.len() < 2 || threads.is_some_and(|t| t != cpus.len()) {
+            let workers = std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&t: &usize| t > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if cpus.len() < 2 || workers != cpus.len() {
                 return false;
             }
             let built = rayon::ThreadPoolBuilder::new()

@@ -113,7 +113,7 @@ fn par_copy(v: &[f32]) -> Vec<f32> {
 
 /// [`par_copy`] that also tests every copied float, in chunks whose test vectorises and reads
 /// what the copy just left in cache; `None` when one is NaN or infinite. A batch of 64 crops (50
-/// MB) was copied in 2.5 ms and then read again for the test in 1 ms.
+/// MB): 4.3 ms, against 3.6 for the copy and 1.4 for a test over the input after it.
 fn par_copy_finite(v: &[f32]) -> Option<Vec<f32>> {
     use rayon::prelude::*;
     // SAFETY: the chunks below write every element.

@@ -926,6 +926,7 @@ fn raw_weights_load_exactly_at_every_byte_offset() {
 }
 
 /// The CPUs a thread may run on, from `/proc` (`thread-self`: the calling thread).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn cpus_allowed(who: &str) -> Vec<usize> {
     let status = std::fs::read_to_string(format!("/proc/{who}/status")).unwrap();
     let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim();

@@ -174,7 +174,7 @@ fn nan_input_is_rejected() {
     let nan64 = TensorData::new(vec![1.0f64, 0.0, f64::NAN, 2.0], vec![1, 4]);
     assert_eq!(plan.run(&[nan64]).unwrap_err().kind, ErrorKind::NonFiniteInput);
     let fine64 = TensorData::new(vec![1.0f64, 0.0, -3.0, 2.0], vec![1, 4]);
-    assert_eq!(plan.run(&[fine64]).unwrap()[0].to_vec::<f32>().unwrap(), [1.0, 0.0, 0.0, 2.0]);
+    assert_eq!(plan.run(&[fine64]).unwrap()[0].try_to_vec::<f32>().unwrap(), [1.0, 0.0, 0.0, 2.0]);
 }
 
 #[test]

@@ -260,7 +260,7 @@ impl Plan {
             if elem.is_float() != ty.elem.is_float() || (elem == ElemType::Bool) != (ty.elem == ElemType::Bool) {
                 bail!(InputMismatch, "input '{name}' has element type {:?}, expected {:?}", data.dtype(), ty.elem);
             }
-            // f32 inputs are checked as they are uploaded (`Ctx::upload_finite`), in the same pass.
+            // f32 inputs are checked as they are uploaded (`Ctx::upload_finite`, `Ctx::take_finite`).
             if elem.is_float() && data.as_slice::<f32>().is_err() && !data.iter::<f64>().all(|x| x.is_finite()) {
                 bail!(NonFiniteInput, "input '{name}' contains NaN or infinity");
             }

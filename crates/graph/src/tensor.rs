@@ -120,16 +120,21 @@ fn par_copy_finite(v: &[f32]) -> Option<Vec<f32>> {
     let mut out = unsafe { crate::ops::output_buffer(v.len()) };
     let finite = out.par_chunks_mut(HOST_CHUNK).zip(v.par_chunks(HOST_CHUNK)).all(|(o, i)| {
         o.copy_from_slice(i);
-        o.iter().fold(true, |ok, x| ok & x.is_finite())
+        chunk_finite(o)
     });
     finite.then_some(out)
 }
 
-/// Whether every float is finite, in chunks whose test vectorises (`Iterator::all` stops at the
-/// first failure, which keeps it scalar: 7 ms over a batch of 64 crops, 1.4 ms this way).
+/// Whether every float is finite, chunk by chunk on every thread.
 fn all_finite(v: &[f32]) -> bool {
     use rayon::prelude::*;
-    v.par_chunks(HOST_CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
+    v.par_chunks(HOST_CHUNK).all(chunk_finite)
+}
+
+/// Whether every float of one chunk is finite, as a fold that vectorises (`Iterator::all` stops
+/// at the first failure, which keeps it scalar: 7 ms over a batch of 64 crops, 1.4 ms this way).
+fn chunk_finite(c: &[f32]) -> bool {
+    c.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
 /// The same values under another shape of equal size.

@@ -29,28 +29,7 @@ struct Composed {
 /// Rewrites the chains among `steps` whose intermediate values nothing else reads; `keep` are
 /// values that must stay (graph outputs). Returns how many steps were removed.
 pub(crate) fn compose_relayouts(steps: &mut Vec<Step>, keep: &HashSet<String>) -> usize {
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for s in steps.iter() {
-        for i in &s.inputs {
-            *readers.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    // Chains as step indices, found in order: a step joins the chain whose last output it alone reads.
-    let mut chains: Vec<Vec<usize>> = vec![];
-    let mut chain_ending: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in steps.iter().enumerate() {
-        let Some((_, r)) = &s.relayout else { continue };
-        let [input] = s.inputs.as_slice() else { continue };
-        let private = readers.get(input.as_str()) == Some(&1) && !keep.contains(input);
-        let head_only = matches!(r, Relayout::Select { .. });
-        match chain_ending.remove(input.as_str()).filter(|_| private && !head_only) {
-            Some(c) => chains[c].push(i),
-            None => chains.push(vec![i]),
-        }
-        if let [out] = s.outputs.as_slice() {
-            chain_ending.insert(out.as_str(), chains.len() - 1);
-        }
-    }
+    let chains = find_chains(steps, keep);
     let mut replaced: HashMap<usize, Step> = HashMap::new();
     let mut dropped = HashSet::new();
     for chain in chains.iter().filter(|c| c.len() > 1) {
@@ -80,6 +59,40 @@ pub(crate) fn compose_relayouts(steps: &mut Vec<Step>, keep: &HashSet<String>) -
         }
     }
     before - steps.len()
+}
+
+/// Chains as step indices, found in order: a relayout joins the chain whose last output it alone
+/// reads. Chains interleave (ViPTR computes q, k and v's window partitions side by side), so each
+/// output remembers its own chain.
+fn find_chains(steps: &[Step], keep: &HashSet<String>) -> Vec<Vec<usize>> {
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for s in steps {
+        for i in &s.inputs {
+            *readers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let mut chains: Vec<Vec<usize>> = vec![];
+    let mut chain_ending: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        let Some((_, r)) = &s.relayout else { continue };
+        let [input] = s.inputs.as_slice() else { continue };
+        let private = readers.get(input.as_str()) == Some(&1) && !keep.contains(input);
+        let head_only = matches!(r, Relayout::Select { .. });
+        let c = match chain_ending.remove(input.as_str()).filter(|_| private && !head_only) {
+            Some(c) => {
+                chains[c].push(i);
+                c
+            }
+            None => {
+                chains.push(vec![i]);
+                chains.len() - 1
+            }
+        };
+        if let [out] = s.outputs.as_slice() {
+            chain_ending.insert(out.as_str(), c);
+        }
+    }
+    chains
 }
 
 fn apply(mut t: crate::tensor::T, c: &Composed) -> crate::tensor::T {
@@ -303,6 +316,30 @@ mod tests {
         }
         let merge = [Relayout::Permute(vec![0, 2, 1, 3]), Relayout::Reshape(vec![4, 6, 6]), Relayout::Reshape(vec![1, 2, 2, 6, 6]), Relayout::Permute(vec![0, 1, 3, 2, 4]), Relayout::Reshape(vec![1, 4, 12, 3])];
         assert_eq!(copies(&[4, 2, 6, 3], &merge), 2, "Burn copies this chain twice op by op");
+    }
+
+    #[test]
+    fn interleaved_chains_stay_apart() {
+        let step = |name: &str, input: &str, r: Relayout| Step {
+            node: name.into(),
+            op: "Reshape".into(),
+            inputs: vec![input.into()],
+            outputs: vec![name.into()],
+            relayout: Some((vec![], r)),
+            kernel: Arc::new(|_, v| v),
+        };
+        let r = || Relayout::Reshape(vec![]);
+        // q and k leave one stacked projection and are reshaped turn about, as in ViPTR's attention.
+        let steps = vec![
+            step("q0", "qkv", Relayout::Select { axis: 0, index: 0, out: vec![] }),
+            step("k0", "qkv", Relayout::Select { axis: 0, index: 1, out: vec![] }),
+            step("q1", "q0", r()),
+            step("k1", "k0", r()),
+            step("q2", "q1", r()),
+            step("k2", "k1", r()),
+        ];
+        assert_eq!(find_chains(&steps, &HashSet::new()), vec![vec![0, 2, 4], vec![1, 3, 5]]);
+        assert_eq!(find_chains(&steps, &HashSet::from(["q1".to_string()])), vec![vec![0, 2], vec![1, 3, 5], vec![4]]);
     }
 
     #[test]

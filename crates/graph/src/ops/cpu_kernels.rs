@@ -1653,10 +1653,11 @@ pub fn lstm(
     let (h0, c0) = (state(h0, nd * batch * hidden)?, state(c0, nd * batch * hidden)?);
     let g = 4 * hidden;
     let gw = nd * g;
-    if xs.len() != seq * batch * input || weights.w.len() != gw * input {
+    if hidden == 0 || xs.len() != seq * batch * input || weights.w.len() != gw * input {
         return None;
     }
-    let mut y = vec![0f32; seq * nd * batch * hidden];
+    // SAFETY: every step of every direction writes its rows of `y`.
+    let mut y = unsafe { output_buffer(seq * nd * batch * hidden) };
     let mut yh = vec![0f32; nd * batch * hidden];
     let mut yc = vec![0f32; nd * batch * hidden];
     if let Some(h0) = h0 {
@@ -1667,7 +1668,8 @@ pub fn lstm(
     }
     let threads = rayon::current_num_threads();
     // Gates `[S·N, D·4H]` = x · Wᵀ, every direction side by side in a row.
-    let mut gates = vec![0f32; seq * batch * gw];
+    // SAFETY: the gemm below writes every gate (it does not read `dst`).
+    let mut gates = unsafe { output_buffer(seq * batch * gw) };
     // SAFETY: x `[S·N, I]` and Wᵀ `[I, D·4H]` row-major; all in bounds.
     unsafe {
         gemm::gemm(
@@ -1713,14 +1715,18 @@ pub fn lstm(
                 let row = unsafe { std::slice::from_raw_parts(step.add(j * gw), g) };
                 lstm_cell(row, b, &mut c[j * hidden..(j + 1) * hidden], &mut h[j * hidden..(j + 1) * hidden]);
             }
-            // SAFETY: as above.
-            let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(((t * nd + d) * batch + b0) * hidden), n * hidden) };
-            out.copy_from_slice(h);
+            for (j, hj) in h.chunks_exact(hidden).enumerate() {
+                // SAFETY: as above; `y` is laid out `[S, N, D, H]`.
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(((t * batch + b0 + j) * nd + d) * hidden), hidden) };
+                out.copy_from_slice(hj);
+            }
         }
     });
     let t = |v: Vec<f32>, shape: Vec<usize>| B::float_from_data(TensorData::new(v, shape), &ctx.device);
     Some([
-        t(y, vec![seq, nd, batch, hidden]),
+        // ONNX's `[S, D, N, H]` as a view of `[S, N, D, H]`: a bidirectional LSTM's reader
+        // transposes it back to that and merges the directions (CRNN, PP-OCR), now without a copy.
+        B::float_permute(t(y, vec![seq, batch, nd, hidden]), &[0, 2, 1, 3]),
         t(yh, vec![nd, batch, hidden]),
         t(yc, vec![nd, batch, hidden]),
     ])

@@ -181,6 +181,43 @@ pub fn depthwise_masked(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: 
     false
 }
 
+/// Depthwise convolutions strided by two over wide planes (MobileNet's downsampling layers: 16
+/// channels 128×128 → 64×64 and 72 at 64×64 → 32×32 in the crop classifier at batch 64), read
+/// straight from the input: each tap's sixteen strided columns are the even (or odd) lanes of two
+/// loads, split in registers, and masked loads stand in for the padding. The phase route copies
+/// every plane into its four phases first, and the route across channels transposes it in and
+/// out; on planes this large those passes over memory cost more than the sums. False (nothing
+/// written) without AVX-512 or where the conv is not of this kind.
+pub fn depthwise_strided(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
+    let [n, c, h, w] = g.input;
+    let [_, m, oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let kind = g.groups == c && m == c && g.stride == [2, 2] && g.dilation == [1, 1] && ow >= DEPTHWISE_STRIDED_WIDTH && kh * kw > 0;
+    let shapes = xs.len() == n * c * h * w && out.len() == n * c * oh * ow && ws.len() == c * kh * kw;
+    // Every tap a stored output reads lies in the padded plane (`2·(o − 1) + k ≤ padded size`).
+    let reach = oh > 0 && ow > 0 && (oh - 1) * 2 + kh <= h + 2 * g.pad[0] && (ow - 1) * 2 + kw <= w + 2 * g.pad[1];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && kind && shapes && reach {
+        use rayon::prelude::*;
+        let plane = oh * ow;
+        let masks = avx512::strided_masks(g);
+        out.par_chunks_mut(plane).enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let init = bias.map_or(0.0, |b| b[ch]);
+            // SAFETY: AVX-512 is present; the plane holds `h·w` floats and `o` `oh·ow`, the
+            // geometry checked above, and the masks are this geometry's.
+            unsafe { avx512::depthwise_strided_plane(&xs[p * h * w..(p + 1) * h * w], o, &ws[ch * kh * kw..(ch + 1) * kh * kw], &masks, init, epilogue, g) };
+        });
+        return true;
+    }
+    let _ = (xs, ws, bias, epilogue, out, kind, shapes, reach);
+    false
+}
+
+/// Output rows at least this wide take [`depthwise_strided`]; narrower planes keep the masked,
+/// phase and channel routes, which measured faster there.
+pub const DEPTHWISE_STRIDED_WIDTH: usize = 16;
+
 /// `x [N, C, H, W]` at rows and columns `0, 2, 4, …` (`[oh, ow]` of them), the input of a 1×1
 /// conv strided by two; sixteen columns per step where the CPU has AVX-512.
 pub fn even_rows_and_columns(x: &[f32], [n, c, h, w]: [usize; 4], [oh, ow]: [usize; 2]) -> Vec<f32> {
@@ -594,6 +631,80 @@ mod avx512 {
         if b < blocks {
             unsafe { group::<1>(src, o, b, deltas, masks, wts, init, epilogue) };
         }
+    }
+
+    /// One plane of [`super::depthwise_strided`]: output row `oy` sums input rows `2·oy + ki − ph`
+    /// (those inside the plane), four vectors of sixteen outputs at a time. A tap pair `kj, kj + 1`
+    /// reads the 32 floats from column `2·x0 + kj − pw` on and splits them into its even and odd
+    /// lanes; `masks[(block·pairs + pair)·2 + half]` admits the lanes inside the row, the rest
+    /// load as zeros, the padding.
+    ///
+    /// # Safety
+    /// AVX-512 is present; `x` holds the `h·w` input plane, `o` the `oh·ow` output plane and `ws`
+    /// the `kh·kw` weights of `g`; `masks` are [`strided_masks`]' for `g`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn depthwise_strided_plane(x: &[f32], o: &mut [f32], ws: &[f32], masks: &[u16], init: f32, epilogue: Option<Epilogue>, g: &ConvGeometry) {
+        const G: usize = 4;
+        let [_, _, h, w] = g.input;
+        let [_, _, oh, ow] = g.output;
+        let [kh, kw] = g.kernel;
+        let [ph, pw] = g.pad;
+        let pairs = kw.div_ceil(2);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let blocks = ow.div_ceil(16);
+        for oy in 0..oh {
+            // Kernel rows whose input row `2·oy + ki − ph` lies in the plane.
+            let (k0, k1) = (ph.saturating_sub(2 * oy), kh.min((h + ph).saturating_sub(2 * oy)));
+            let dst = &mut o[oy * ow..(oy + 1) * ow];
+            let mut b = 0;
+            while b < blocks {
+                let nb = G.min(blocks - b);
+                let mut acc = [_mm512_set1_ps(init); G];
+                for ki in k0..k1 {
+                    let row = x[(2 * oy + ki - ph) * w..].as_ptr();
+                    for pair in 0..pairs {
+                        let kj = 2 * pair;
+                        let (w0, w1) = (_mm512_set1_ps(ws[ki * kw + kj]), _mm512_set1_ps(if kj + 1 < kw { ws[ki * kw + kj + 1] } else { 0.0 }));
+                        for (k, a) in acc.iter_mut().enumerate().take(nb) {
+                            let at = (32 * (b + k) + kj) as isize - pw as isize;
+                            let m = &masks[((b + k) * pairs + pair) * 2..];
+                            // SAFETY: only lanes inside the row (`masks`) are read.
+                            let (lo, hi) = unsafe { (_mm512_maskz_loadu_ps(m[0], row.wrapping_offset(at)), _mm512_maskz_loadu_ps(m[1], row.wrapping_offset(at + 16))) };
+                            *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, even, hi), w0, *a);
+                            if kj + 1 < kw {
+                                *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, odd, hi), w1, *a);
+                            }
+                        }
+                    }
+                }
+                for (k, a) in acc.iter().enumerate().take(nb) {
+                    let at = (b + k) * 16;
+                    let valid = (ow - at).min(16);
+                    // SAFETY: the masked lanes end at `at + valid` ≤ `ow`, inside the row.
+                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), super::lane_mask(valid), activate(epilogue, *a)) };
+                }
+                b += nb;
+            }
+        }
+    }
+
+    /// The load masks of [`depthwise_strided_plane`]: per block of sixteen outputs, tap pair and
+    /// half, the lanes of the sixteen floats from column `32·block + 2·pair − pw + 16·half` that
+    /// fall inside a row `w` wide. The same for every row and plane.
+    pub fn strided_masks(g: &ConvGeometry) -> Vec<u16> {
+        let (w, ow, pairs, pw) = (g.input[3] as isize, g.output[3], g.kernel[1].div_ceil(2), g.pad[1] as isize);
+        let mut masks = vec![];
+        for b in 0..ow.div_ceil(16) {
+            for pair in 0..pairs {
+                for half in 0..2 {
+                    let at = (32 * b + 2 * pair + 16 * half) as isize - pw;
+                    let (lo, hi) = ((-at).clamp(0, 16) as u32, (w - at).clamp(0, 16) as u32);
+                    masks.push(if hi <= lo { 0 } else { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 });
+                }
+            }
+        }
+        masks
     }
 
     /// `epilogue` on one vector, as [`Epilogue::apply`] does on a slice.

@@ -665,7 +665,9 @@ pub fn conv2d(
         let across_channels = g.kernel[0] * g.kernel[1] >= CHANNEL_LANE_TAPS || (g.stride == [2, 2] && n > 1);
         let channels = |out: &mut [f32]| super::depthwise_channels::conv(xs, ws, bs, epilogue_in_route, out, g);
         let along_planes = |out: &mut [f32]| {
-            if !(oh * ow <= DEPTHWISE_MASKED_PLANE && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, out, g)) {
+            if !(super::avx512::depthwise_strided(xs, ws, bs, epilogue_in_route, out, g)
+                || oh * ow <= DEPTHWISE_MASKED_PLANE && super::avx512::depthwise_masked(xs, ws, bs, epilogue_in_route, out, g))
+            {
                 depthwise(xs, ws, bs, epilogue_in_route, out, g);
             }
         };
@@ -2019,6 +2021,13 @@ mod tests {
             (5, 9, 7, 3, [2, 2], 1, 0),
             (4, 11, 13, 3, [3, 3], 2, 2),
             (4, 11, 13, 3, [3, 1], 2, 2),
+            // Wide enough for the strided route: odd and even sizes, pads 0 to 2, a partial last
+            // vector, rows of more than four vectors, a 2×2 kernel (no odd tap in its last pair).
+            (3, 70, 70, 3, [2, 2], 1, 1),
+            (2, 33, 37, 5, [2, 2], 1, 2),
+            (2, 9, 150, 3, [2, 2], 1, 0),
+            (2, 8, 64, 2, [2, 2], 1, 0),
+            (2, 7, 33, 3, [2, 2], 1, 1),
         ];
         for (c, h, w, k, [sh, sw], d, p) in cases {
             let (oh, ow) = ((h + 2 * p - d * (k - 1) - 1) / sh + 1, (w + 2 * p - d * (k - 1) - 1) / sw + 1);
@@ -2038,6 +2047,16 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             let fits = fits && std::arch::is_x86_feature_detected!("avx512f");
             assert_eq!(masked, fits, "masked route for {g:?}");
+            let mut got = vec![f32::NAN; want.len()];
+            let strided = super::super::avx512::depthwise_strided(&xs, &ws, Some(&bias), Some(Epilogue::Relu), &mut got, &g);
+            if strided {
+                assert!(worst(&got, &want) < 1e-5, "strided route off by {} for {g:?}", worst(&got, &want));
+            }
+            // Taken on CPUs with AVX-512 exactly where the conv is strided by two and wide.
+            let wide = [sh, sw] == [2, 2] && d == 1 && ow >= super::super::avx512::DEPTHWISE_STRIDED_WIDTH;
+            #[cfg(target_arch = "x86_64")]
+            let wide = wide && std::arch::is_x86_feature_detected!("avx512f");
+            assert_eq!(strided, wide, "strided route for {g:?}");
         }
     }
 }

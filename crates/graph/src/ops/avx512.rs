@@ -634,103 +634,156 @@ mod avx512 {
     /// (those inside the plane), four vectors of sixteen outputs at a time. A tap pair `kj, kj + 1`
     /// reads the 32 floats from column `2·x0 + kj − pw` on and splits them into its even and odd
     /// lanes; `masks[(block·pairs + pair)·2 + half]` admits the lanes inside the row, the rest
-    /// load as zeros, the padding.
+    /// load as zeros, the padding. Rows of at most eight outputs go two to a vector, lanes 0.. and
+    /// 8..: the halves load from input rows two apart, and the same split serves both.
     ///
     /// # Safety
     /// AVX-512 is present; `x` holds the `h·w` input plane, `o` the `oh·ow` output plane and `ws`
     /// the `kh·kw` weights of `g`; `masks` are [`strided_masks`]' for `g`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn depthwise_strided_plane(x: &[f32], o: &mut [f32], ws: &[f32], masks: &[u16], init: f32, epilogue: Option<Epilogue>, g: &ConvGeometry) {
-        const G: usize = 4;
         let [_, _, h, w] = g.input;
         let [_, _, oh, ow] = g.output;
         let [kh, kw] = g.kernel;
-        let [ph, pw] = g.pad;
-        let pairs = kw.div_ceil(2);
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (ph, pw) = (g.pad[0] as isize, g.pad[1] as isize);
+        let t = Taps { pairs: kw.div_ceil(2), kw, ws, init, h: h as isize, w: w as isize };
+        let (xp, op) = (x.as_ptr(), o.as_mut_ptr());
         if ow <= 8 {
-            // Two output rows per vector, lanes 0.. and 8..: the halves load from input rows
-            // two apart, and the same split takes each half's strided columns.
-            let row_ptr = |y: isize| if (0..h as isize).contains(&y) { Some(x[y as usize * w..].as_ptr()) } else { None };
+            // Both halves of a vector take the same columns: each pair's first mask twice.
+            let m: Vec<u16> = masks[..2 * t.pairs].chunks_exact(2).flat_map(|m| [m[0], m[0]]).collect();
             let store_mask = super::lane_mask(ow);
-            let mut oy = 0;
-            while oy < oh {
-                let nb = G.min((oh - oy).div_ceil(2));
-                let mut acc = [_mm512_set1_ps(init); G];
-                for ki in 0..kh {
-                    for pair in 0..pairs {
-                        let kj = 2 * pair;
-                        let (w0, w1) = (_mm512_set1_ps(ws[ki * kw + kj]), _mm512_set1_ps(if kj + 1 < kw { ws[ki * kw + kj + 1] } else { 0.0 }));
-                        let at = kj as isize - pw as isize;
-                        let m = masks[pair * 2];
-                        for (k, a) in acc.iter_mut().enumerate().take(nb) {
-                            let y = (2 * (oy + 2 * k) + ki) as isize - ph as isize;
-                            let upper = oy + 2 * k + 1 < oh;
-                            let load = |y: isize, live: bool| match row_ptr(y).filter(|_| live) {
-                                // SAFETY: only lanes inside the row (`m`) are read.
-                                Some(r) => unsafe { _mm512_maskz_loadu_ps(m, r.wrapping_offset(at)) },
-                                None => _mm512_setzero_ps(),
-                            };
-                            let (lo, hi) = (load(y, true), load(y + 2, upper));
-                            *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, even, hi), w0, *a);
-                            if kj + 1 < kw {
-                                *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, odd, hi), w1, *a);
-                            }
-                        }
-                    }
-                }
-                for (k, a) in acc.iter().enumerate().take(nb) {
-                    let r = oy + 2 * k;
-                    let v = activate(epilogue, *a);
+            let vectors = oh.div_ceil(2);
+            let src = |v: usize| Src { base: xp.wrapping_offset((4 * v as isize - ph) * t.w - pw), row: 4 * v as isize - ph, hi_off: 2 * t.w, hi_rows: 2, upper: 2 * v + 1 < oh, masks: &m };
+            let mut v = 0;
+            while v < vectors {
+                let nb = if v + 4 <= vectors { 4 } else { 1 };
+                let acc: Vec<__m512> = if nb == 4 {
+                    // SAFETY: every lane read is inside the plane (`Src`).
+                    unsafe { strided_sums::<4, true>(0..kh, &t, std::array::from_fn(|k| src(v + k))) }.to_vec()
+                } else {
+                    unsafe { strided_sums::<1, true>(0..kh, &t, [src(v)]) }.to_vec()
+                };
+                for (k, &a) in acc.iter().enumerate() {
+                    let r = 2 * (v + k);
+                    let a = activate(epilogue, a);
                     // SAFETY: lanes 0..ow land on row `r`, lanes 8..8 + ow on row `r + 1` (stored
                     // only when it exists), both inside `o`.
                     unsafe {
-                        _mm512_mask_storeu_ps(o.as_mut_ptr().add(r * ow), store_mask, v);
+                        _mm512_mask_storeu_ps(op.add(r * ow), store_mask, a);
                         if r + 1 < oh {
-                            _mm512_mask_storeu_ps(o.as_mut_ptr().add((r + 1) * ow).wrapping_sub(8), store_mask << 8, v);
+                            _mm512_mask_storeu_ps(op.add((r + 1) * ow).wrapping_sub(8), store_mask << 8, a);
                         }
                     }
                 }
-                oy += 2 * nb;
+                v += nb;
             }
             return;
         }
         let blocks = ow.div_ceil(16);
         for oy in 0..oh {
-            // Kernel rows whose input row `2·oy + ki − ph` lies in the plane.
-            let (k0, k1) = (ph.saturating_sub(2 * oy), kh.min((h + ph).saturating_sub(2 * oy)));
-            let dst = &mut o[oy * ow..(oy + 1) * ow];
+            let y0 = 2 * oy as isize - ph;
+            // Kernel rows whose input row `y0 + ki` lies in the plane.
+            let live = (-y0).clamp(0, kh as isize) as usize..(t.h - y0).clamp(0, kh as isize) as usize;
+            let src = |b: usize| Src {
+                base: xp.wrapping_offset(y0 * t.w + (32 * b) as isize - pw),
+                row: y0,
+                hi_off: 16,
+                hi_rows: 0,
+                upper: true,
+                masks: &masks[b * t.pairs * 2..(b + 1) * t.pairs * 2],
+            };
             let mut b = 0;
             while b < blocks {
-                let nb = G.min(blocks - b);
-                let mut acc = [_mm512_set1_ps(init); G];
-                for ki in k0..k1 {
-                    let row = x[(2 * oy + ki - ph) * w..].as_ptr();
-                    for pair in 0..pairs {
-                        let kj = 2 * pair;
-                        let (w0, w1) = (_mm512_set1_ps(ws[ki * kw + kj]), _mm512_set1_ps(if kj + 1 < kw { ws[ki * kw + kj + 1] } else { 0.0 }));
-                        for (k, a) in acc.iter_mut().enumerate().take(nb) {
-                            let at = (32 * (b + k) + kj) as isize - pw as isize;
-                            let m = &masks[((b + k) * pairs + pair) * 2..];
-                            // SAFETY: only lanes inside the row (`masks`) are read.
-                            let (lo, hi) = unsafe { (_mm512_maskz_loadu_ps(m[0], row.wrapping_offset(at)), _mm512_maskz_loadu_ps(m[1], row.wrapping_offset(at + 16))) };
-                            *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, even, hi), w0, *a);
-                            if kj + 1 < kw {
-                                *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, odd, hi), w1, *a);
-                            }
-                        }
+                // SAFETY (all three): every lane the masks admit is inside the plane (`Src`).
+                let (nb, acc): (usize, [__m512; 4]) = match blocks - b {
+                    4.. => (4, unsafe { strided_sums::<4, false>(live.clone(), &t, std::array::from_fn(|k| src(b + k))) }),
+                    2 | 3 => {
+                        let [a0, a1] = unsafe { strided_sums::<2, false>(live.clone(), &t, [src(b), src(b + 1)]) };
+                        (2, [a0, a1, a0, a1])
                     }
-                }
-                for (k, a) in acc.iter().enumerate().take(nb) {
+                    _ => (1, [unsafe { strided_sums::<1, false>(live.clone(), &t, [src(b)]) }[0]; 4]),
+                };
+                for (k, &a) in acc.iter().enumerate().take(nb) {
                     let at = (b + k) * 16;
-                    let valid = (ow - at).min(16);
-                    // SAFETY: the masked lanes end at `at + valid` ≤ `ow`, inside the row.
-                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), super::lane_mask(valid), activate(epilogue, *a)) };
+                    // SAFETY: the masked lanes end at `at + valid` ≤ `ow`, inside row `oy`.
+                    unsafe { _mm512_mask_storeu_ps(op.add(oy * ow + at), super::lane_mask((ow - at).min(16)), activate(epilogue, a)) };
                 }
                 b += nb;
             }
         }
+    }
+
+    /// A plane's taps for [`strided_sums`].
+    struct Taps<'a> {
+        pairs: usize,
+        kw: usize,
+        ws: &'a [f32],
+        init: f32,
+        h: isize,
+        w: isize,
+    }
+
+    /// Where one vector of [`strided_sums`] loads from: its low half from `base + ki·w + 2·pair`
+    /// (input row `row + ki`), its high half `hi_off` floats on (input row `row + ki + hi_rows`,
+    /// read only when `upper`), each through `masks[2·pair + half]`; a half whose row lies outside
+    /// the plane loads zeros.
+    struct Src<'a> {
+        base: *const f32,
+        row: isize,
+        hi_off: isize,
+        hi_rows: isize,
+        upper: bool,
+        masks: &'a [u16],
+    }
+
+    /// `NB` vectors of sums over kernel rows `rows` and every tap pair: a pair's two loads split
+    /// into even lanes, which meet tap `2·pair`, and odd ones, tap `2·pair + 1`. `NB` fixed, the
+    /// sums stay in registers, even and odd taps in separate ones so that one vector's chain of
+    /// multiply-adds is half as long. With `ROWS` each half's row is tested first (rows outside
+    /// the plane load zeros); without, every row in `rows` lies in the plane.
+    ///
+    /// # Safety
+    /// AVX-512 is present; `t.ws` holds the weights of every row in `rows`, each `src`'s masks
+    /// `2·pairs`; the lanes those admit, on rows inside the plane, are readable.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strided_sums<const NB: usize, const ROWS: bool>(rows: std::ops::Range<usize>, t: &Taps, src: [Src; NB]) -> [__m512; NB] {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (mut acc, mut acc_odd) = ([_mm512_set1_ps(t.init); NB], [_mm512_setzero_ps(); NB]);
+        let inside = |y: isize| (0..t.h).contains(&y);
+        for ki in rows {
+            for pair in 0..t.pairs {
+                let kj = 2 * pair;
+                let mut halves = [(_mm512_setzero_ps(), _mm512_setzero_ps()); NB];
+                for (h, s) in halves.iter_mut().zip(&src) {
+                    let at = s.base.wrapping_offset(ki as isize * t.w + kj as isize);
+                    // SAFETY: `2·pair + 1 < 2·pairs`, the masks' length.
+                    let (mut lo, mut hi) = unsafe { (*s.masks.get_unchecked(2 * pair), *s.masks.get_unchecked(2 * pair + 1)) };
+                    let y = s.row + ki as isize;
+                    if ROWS && !inside(y) {
+                        lo = 0;
+                    }
+                    if !s.upper || (ROWS && !inside(y + s.hi_rows)) {
+                        hi = 0;
+                    }
+                    // SAFETY: the caller's; masked-off lanes are not read.
+                    *h = unsafe { (_mm512_maskz_loadu_ps(lo, at), _mm512_maskz_loadu_ps(hi, at.wrapping_offset(s.hi_off))) };
+                }
+                // SAFETY: `ki` is one of the caller's rows and `kj + 1 < kw` where read.
+                let w0 = _mm512_set1_ps(unsafe { *t.ws.get_unchecked(ki * t.kw + kj) });
+                for (a, &(lo, hi)) in acc.iter_mut().zip(&halves) {
+                    *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, even, hi), w0, *a);
+                }
+                if kj + 1 < t.kw {
+                    let w1 = _mm512_set1_ps(unsafe { *t.ws.get_unchecked(ki * t.kw + kj + 1) });
+                    for (a, &(lo, hi)) in acc_odd.iter_mut().zip(&halves) {
+                        *a = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, odd, hi), w1, *a);
+                    }
+                }
+            }
+        }
+        std::array::from_fn(|k| _mm512_add_ps(acc[k], acc_odd[k]))
     }
 
     /// The load masks of [`depthwise_strided_plane`]: per block of sixteen outputs, tap pair and

@@ -182,13 +182,14 @@ pub fn depthwise_masked(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: 
 }
 
 /// Depthwise convolutions strided by two (MobileNet's downsampling layers), read straight from
-/// the input: each tap's sixteen strided columns are the even (or odd) lanes of two loads, split
-/// in registers, and masked loads stand in for the padding; rows of at most eight outputs share a
-/// vector two at a time. The phase route copies every plane into its four phases first, and the
-/// route across channels transposes it in and out; on large planes those passes over memory cost
-/// more than the sums (crop classifier at batch 64: 16 channels 128×128 → 64×64 4.7 → 2.5 ms, 72
-/// at 64×64 → 32×32 5.5 → 3.1). False (nothing written) without AVX-512 or where the conv is not
-/// of this kind.
+/// the input: each tap pair's sixteen strided columns are the even and odd lanes of two loads,
+/// split in registers, masked loads stand in for the padding, and rows of at most eight outputs
+/// share a vector two at a time. The phase route copies every plane into its four phases first,
+/// and the route across channels transposes it in and out; on large planes those passes over
+/// memory cost more than the sums (crop classifier at batch 64: 16 channels 128×128 → 64×64 4.7
+/// → 2.5 ms, 72 at 64×64 → 32×32 5.5 → 3.1). (At stride 1 the same scheme, one load per tap,
+/// measured no faster than the phase route and slower than the masked one.) False (nothing
+/// written) without AVX-512 or where the conv is not of this kind.
 pub fn depthwise_strided(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry) -> bool {
     let [n, c, h, w] = g.input;
     let [_, m, oh, ow] = g.output;
@@ -205,9 +206,10 @@ pub fn depthwise_strided(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue:
         out.par_chunks_mut(plane).enumerate().for_each(|(p, o)| {
             let ch = p % c;
             let init = bias.map_or(0.0, |b| b[ch]);
+            let (x, wts) = (&xs[p * h * w..(p + 1) * h * w], &ws[ch * kh * kw..(ch + 1) * kh * kw]);
             // SAFETY: AVX-512 is present; the plane holds `h·w` floats and `o` `oh·ow`, the
             // geometry checked above, and the masks are this geometry's.
-            unsafe { avx512::depthwise_strided_plane(&xs[p * h * w..(p + 1) * h * w], o, &ws[ch * kh * kw..(ch + 1) * kh * kw], &masks, init, epilogue, g) };
+            unsafe { avx512::depthwise_strided_plane(x, o, wts, &masks, init, epilogue, g) };
         });
         return true;
     }
@@ -297,7 +299,7 @@ pub fn tap_rows(
         if reach <= src.len() && outs.iter().all(|o| o.len() >= rows.end * ow) {
             let px = packed.px();
             let chunk = (PANEL_FLOATS / (offs.len().max(1) * px)).clamp(1, MAX_CHUNK_BLOCKS) * px;
-            panel.resize(offs.len() * chunk, 0.0);
+            let panel = aligned(panel, offs.len() * chunk);
             // SAFETY: AVX-512 is present; reads end at `reach` ≤ `src.len()`, writes at
             // `rows.end·ow` ≤ each output's length (checked above); the panel holds `T·chunk`.
             unsafe {
@@ -312,6 +314,15 @@ pub fn tap_rows(
     }
     let _ = (src, offs, wq, ow, rows, packed, epilogue, outs, panel);
     false
+}
+
+/// `len` floats of `buf` starting on a 64-byte boundary, so that a vector stored or loaded at a
+/// multiple of sixteen floats from there touches one cache line, not two (a zmm access across
+/// two lines costs twice, and glibc aligns to 16 bytes).
+pub(super) fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len + 15, 0.0);
+    let skip = buf.as_ptr().align_offset(64).min(15);
+    &mut buf[skip..skip + len]
 }
 
 /// The first `valid` of sixteen lanes (all of them from sixteen on).
@@ -786,18 +797,22 @@ mod avx512 {
         std::array::from_fn(|k| _mm512_add_ps(acc[k], acc_odd[k]))
     }
 
+    /// The lanes of sixteen floats from column `at` that fall inside a row `w` wide.
+    fn row_mask(at: isize, w: usize) -> u16 {
+        let (lo, hi) = ((-at).clamp(0, 16) as u32, (w as isize - at).clamp(0, 16) as u32);
+        if hi <= lo { 0 } else { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 }
+    }
+
     /// The load masks of [`depthwise_strided_plane`]: per block of sixteen outputs, tap pair and
     /// half, the lanes of the sixteen floats from column `32·block + 2·pair − pw + 16·half` that
     /// fall inside a row `w` wide. The same for every row and plane.
     pub fn strided_masks(g: &ConvGeometry) -> Vec<u16> {
-        let (w, ow, pairs, pw) = (g.input[3] as isize, g.output[3], g.kernel[1].div_ceil(2), g.pad[1] as isize);
+        let (ow, pairs, pw) = (g.output[3], g.kernel[1].div_ceil(2), g.pad[1] as isize);
         let mut masks = vec![];
         for b in 0..ow.div_ceil(16) {
             for pair in 0..pairs {
                 for half in 0..2 {
-                    let at = (32 * b + 2 * pair + 16 * half) as isize - pw;
-                    let (lo, hi) = ((-at).clamp(0, 16) as u32, (w - at).clamp(0, 16) as u32);
-                    masks.push(if hi <= lo { 0 } else { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 });
+                    masks.push(row_mask((32 * b + 2 * pair + 16 * half) as isize - pw, g.input[3]));
                 }
             }
         }

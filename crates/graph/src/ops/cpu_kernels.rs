@@ -13,6 +13,7 @@ use burn_backend::ops::FloatTensorOps;
 use burn_dispatch::{BackendTensor, DispatchTensorKind};
 use rayon::prelude::*;
 
+use super::aligned::AlignedBuf;
 use crate::tensor::{B, Ctx, T};
 
 /// The widest vector unit this CPU has: 2 AVX-512, 1 AVX2 with FMA, 0 neither.
@@ -308,7 +309,7 @@ pub fn resize_bilinear(ctx: &Ctx, x: &T, shape: &[usize], size: [usize; 2], alig
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |mid, (p, o)| {
         resize_plane(&xs[p * h * w..(p + 1) * h * w], w, o, &ty, &tx, mid)
     });
-    Some(B::float_from_data(TensorData::new(out, vec![n, c, oh, ow]), &ctx.device))
+    Some(B::float_from_data(out.into_data(vec![n, c, oh, ow]), &ctx.device))
 }
 
 simd_fn! {
@@ -367,7 +368,7 @@ pub fn max_pool2d(ctx: &Ctx, x: &T, g: &ConvGeometry) -> Option<T> {
     out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |phases, (p, o)| {
         max_pool_plane(&xs[p * h * w..(p + 1) * h * w], o, g, &offs, phases)
     });
-    Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
+    Some(B::float_from_data(out.into_data(g.output.to_vec()), &ctx.device))
 }
 
 simd_fn! {
@@ -506,19 +507,17 @@ thread_local! {
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of `n` floats for a kernel that writes every one before anything reads it.
-/// `vec![0.0; n]` would zero it first, and glibc zeroes reused heap memory by hand: one more pass
-/// over each output, which on DB's 64 MB feature maps at 1024×1024 cost its 1×1 `in_branches.0`
-/// 12.6 → 10.6 ms and its ×8 Resize 10.5 → 7.1 ms. Burn's flex allocates its outputs the same way.
+/// A buffer of `n` floats for a kernel that writes every one before anything reads it, on a
+/// 64-byte boundary (see `aligned`). `vec![0.0; n]` would zero it first, and glibc zeroes reused
+/// heap memory by hand: one more pass over each output, which on DB's 64 MB feature maps at
+/// 1024×1024 cost its 1×1 `in_branches.0` 12.6 → 10.6 ms and its ×8 Resize 10.5 → 7.1 ms. Burn's
+/// flex allocates its outputs the same way.
 ///
 /// # Safety
 /// The caller writes every element before any is read.
-#[allow(clippy::uninit_vec)]
-pub(crate) unsafe fn output_buffer(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: capacity `n`; the caller initialises the elements (see above).
-    unsafe { v.set_len(n) };
-    v
+pub(crate) unsafe fn output_buffer(n: usize) -> AlignedBuf {
+    // SAFETY: the caller's.
+    unsafe { AlignedBuf::uninit(n) }
 }
 
 /// A contiguous copy of a flex float tensor held as a strided view; `None` on other backends.
@@ -749,7 +748,7 @@ pub fn conv2d(
             }
         });
     }
-    Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
+    Some(B::float_from_data(out.into_data(g.output.to_vec()), &ctx.device))
 }
 
 /// `a [M, K] · b [K, N] (+ bias [N])` as one gemm into an uninitialised buffer, the bias seeding
@@ -781,7 +780,7 @@ pub fn matmul(ctx: &Ctx, a: &T, b: &T, [m, k, n]: [usize; 3], bias: Option<&T>) 
             1.0f32, 1.0f32, false, false, false, parallelism,
         );
     }
-    Some(B::float_from_data(TensorData::new(out, vec![m, n]), &ctx.device))
+    Some(B::float_from_data(out.into_data(vec![m, n]), &ctx.device))
 }
 
 /// Transposed convolution (groups 1) as one gemm per tile of input rows,
@@ -840,7 +839,7 @@ pub fn conv_transpose2d(ctx: &Ctx, x: &T, w: &T, bias: Option<&T>, g: &ConvGeome
             planes.par_chunks_mut(oh * ow).for_each(|p| e.apply(p));
         }
     }
-    Some(B::float_from_data(TensorData::new(out, g.output.to_vec()), &ctx.device))
+    Some(B::float_from_data(out.into_data(g.output.to_vec()), &ctx.device))
 }
 
 /// Writes one output channel's `[kh·kw, rows·W]` gemm rows, plus `bias`, to its output plane when
@@ -1639,13 +1638,19 @@ pub fn lstm(
         return None;
     }
     // Sequence-first input often arrives as a transposed view (CRNN's features).
-    let copied;
+    let (tiled, contiguous);
     let xs = match flex_slice(x) {
         Some(xs) => xs,
-        None => {
-            copied = strided_copy(x).or_else(|| contiguous_flex(x).and_then(|c| flex_slice(&c).map(<[f32]>::to_vec)))?;
-            copied.as_slice()
-        }
+        None => match strided_copy(x) {
+            Some(c) => {
+                tiled = c;
+                &tiled[..]
+            }
+            None => {
+                contiguous = contiguous_flex(x)?;
+                flex_slice(&contiguous)?
+            }
+        },
     };
     let nd = weights.dirs.len();
     fn state(t: Option<&T>, len: usize) -> Option<Option<&[f32]>> {
@@ -1730,7 +1735,7 @@ pub fn lstm(
     Some([
         // ONNX's `[S, D, N, H]` as a view of `[S, N, D, H]`: a bidirectional LSTM's reader
         // transposes it back to that and merges the directions (CRNN, PP-OCR), now without a copy.
-        B::float_permute(t(y, vec![seq, batch, nd, hidden]), &[0, 2, 1, 3]),
+        B::float_permute(B::float_from_data(y.into_data(vec![seq, batch, nd, hidden]), &ctx.device), &[0, 2, 1, 3]),
         t(yh, vec![nd, batch, hidden]),
         t(yc, vec![nd, batch, hidden]),
     ])
@@ -1743,7 +1748,7 @@ pub fn lstm(
 /// flex walks such views one element at a time (1.6 ms of CRNN's 39 at batch 64; 21 ms of
 /// viptr_tiny's reshapes). `None` when flex's own copy is as good (unit last stride) or the view
 /// is not a plain f32 flex view with non-negative strides.
-pub fn strided_copy(t: &T) -> Option<Vec<f32>> {
+pub fn strided_copy(t: &T) -> Option<AlignedBuf> {
     let DispatchTensorKind::Flex(BackendTensor::Float(f)) = &t.kind else { return None };
     let layout = f.layout();
     let (shape, strides) = (layout.shape().as_slice(), layout.strides());
@@ -1756,7 +1761,8 @@ pub fn strided_copy(t: &T) -> Option<Vec<f32>> {
     let src = f.storage::<f32>();
     let offset = layout.start_offset();
     if numel == 0 {
-        return Some(Vec::new());
+        // SAFETY: nothing to write.
+        return Some(unsafe { output_buffer(0) });
     }
     let last = offset + shape.iter().zip(&strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
     if last >= src.len() {
@@ -1811,7 +1817,7 @@ pub fn reshape_copy(t: &T, dims: &[usize]) -> Option<T> {
         return None;
     }
     let values = strided_copy(t)?;
-    let flex = burn_flex::FlexTensor::from_data(TensorData::new(values, dims.to_vec()));
+    let flex = burn_flex::FlexTensor::from_data(values.into_data(dims.to_vec()));
     Some(T { kind: DispatchTensorKind::Flex(BackendTensor::Float(flex)), autodiff: t.autodiff })
 }
 

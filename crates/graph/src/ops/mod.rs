@@ -5,6 +5,7 @@
 //!
 //! Constant folding runs the same kernels on the flex CPU device: one implementation per op.
 
+mod aligned;
 mod avx512;
 mod cpu_kernels;
 mod depthwise_channels;
@@ -16,6 +17,7 @@ mod shape;
 mod subpixel;
 mod winograd;
 
+pub(crate) use aligned::AlignedBuf;
 pub(crate) use cpu_kernels::{output_buffer, reshape_copy};
 pub(crate) use nn::batchnorm_affine;
 

@@ -663,7 +663,9 @@ pub fn conv2d(
     };
     let pointwise = g.groups == 1 && g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
     let shallow = c <= POINTWISE_CHANNELS || (n == 1 && c <= POINTWISE_CHANNELS_ONE_IMAGE);
-    if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::avx512::pointwise(xs, ws, bs, epilogue_in_route, &mut out, g) {
+    if pointwise && oh * ow == 1 {
+        pointwise_vectors(xs, ws, bs, epilogue_in_route, &mut out, g, packed);
+    } else if pointwise && shallow && oh * ow >= PER_IMAGE_PLANE && super::avx512::pointwise(xs, ws, bs, epilogue_in_route, &mut out, g) {
         // Done: register-blocked on AVX-512.
     } else if c / g.groups == 1 && g.kernel != [1, 1] {
         // Depthwise: im2col would copy every input k² times for one multiply-add each.
@@ -1071,6 +1073,38 @@ fn batched(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilog
         })
     };
     for_each_group(out, images * m * plane, inner, run);
+}
+
+/// A 1×1 conv over 1×1 planes (squeeze-and-excitation's two layers), `[N, C] · Wᵀ`: one gemm
+/// over the batch, its right operand the weights transposed to `[C, M]` once (`packed` keeps
+/// them; the gemm packs a transposed operand at half the speed), on every thread when the batch
+/// gives it work. The im2col route of [`batched`] copied each image's channels one float at a
+/// time (CRNN's SE layers at batch 64: 0.17 ms each).
+fn pointwise_vectors(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>, out: &mut [f32], g: &ConvGeometry, packed: Option<&PackedWeights>) {
+    let ([n, c, _, _], m) = (g.input, g.output[1]);
+    let transpose = || (0..c).flat_map(|k| (0..m).map(move |j| ws[j * c + k])).collect::<Vec<f32>>();
+    let local;
+    let wt = match packed {
+        Some(p) => p.get_or_pack(transpose),
+        None => {
+            local = transpose();
+            &local[..]
+        }
+    };
+    if let Some(b) = bias {
+        out.chunks_exact_mut(m).for_each(|row| row.copy_from_slice(b));
+    }
+    let parallelism = if n * m * c >= 1 << 18 { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: `out` is [n, m] row-major, `xs` [n, c] and `wt` [c, m].
+    unsafe {
+        gemm::gemm(
+            n, m, c, out.as_mut_ptr(), 1, m as isize, bias.is_some(), xs.as_ptr(), 1, c as isize, wt.as_ptr(), 1, m as isize,
+            1.0f32, 1.0f32, false, false, false, parallelism,
+        )
+    };
+    if let Some(e) = epilogue {
+        e.apply(out);
+    }
 }
 
 /// How [`batched`] and [`batched_rows`] split a batch into groups of images whose columns (`cols`
@@ -1998,6 +2032,19 @@ mod tests {
                     small_dense(&xs, &ws, Some(&bias), Some(Epilogue::HardSwish), &g, img, rows.clone(), &mut outs, &mut scratch);
                 }
             }
+            assert!(worst(&got, &want) < 1e-5, "off by {}", worst(&got, &want));
+        }
+    }
+
+    /// Squeeze-and-excitation's 1×1 convs over 1×1 planes, with and without a bias.
+    #[test]
+    fn pointwise_vectors_match_definition() {
+        let g = ConvGeometry { input: [5, 37, 1, 1], output: [5, 11, 1, 1], kernel: [1, 1], stride: [1, 1], dilation: [1, 1], pad: [0, 0], groups: 1 };
+        let (xs, ws, bias) = (noise(5 * 37, 1), noise(11 * 37, 2), noise(11, 3));
+        for b in [Some(&bias[..]), None] {
+            let want = reference(&xs, &ws, b.unwrap_or(&[0.0; 11]), Epilogue::Relu, &g);
+            let mut got = vec![f32::NAN; want.len()];
+            pointwise_vectors(&xs, &ws, b, Some(Epilogue::Relu), &mut got, &g, None);
             assert!(worst(&got, &want) < 1e-5, "off by {}", worst(&got, &want));
         }
     }

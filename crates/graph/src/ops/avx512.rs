@@ -9,6 +9,8 @@
 //! - [`tap_rows`]: convolutions whose taps read contiguous runs: shallow 1×1 convs and image stems.
 //! - [`depthwise_masked`]: depthwise convolutions over small planes, as masked loads straight
 //!   from the input (or its row phases).
+//! - [`depthwise_strided`]: depthwise convolutions strided by two, each tap's strided columns
+//!   split out of two loads in registers.
 //!
 //! Other CPUs keep the `gemm` routes in `cpu_kernels`.
 
@@ -667,14 +669,13 @@ mod avx512 {
             let src = |v: usize| Src { base: xp.wrapping_offset((4 * v as isize - ph) * t.w - pw), row: 4 * v as isize - ph, hi_off: 2 * t.w, hi_rows: 2, upper: 2 * v + 1 < oh, masks: &m };
             let mut v = 0;
             while v < vectors {
-                let nb = if v + 4 <= vectors { 4 } else { 1 };
-                let acc: Vec<__m512> = if nb == 4 {
-                    // SAFETY: every lane read is inside the plane (`Src`).
-                    unsafe { strided_sums::<4, true>(0..kh, &t, std::array::from_fn(|k| src(v + k))) }.to_vec()
+                // SAFETY (both): every lane read is inside the plane (`Src`).
+                let (nb, acc): (usize, [__m512; 4]) = if v + 4 <= vectors {
+                    (4, unsafe { strided_sums::<4, true>(0..kh, &t, std::array::from_fn(|k| src(v + k))) })
                 } else {
-                    unsafe { strided_sums::<1, true>(0..kh, &t, [src(v)]) }.to_vec()
+                    (1, [unsafe { strided_sums::<1, true>(0..kh, &t, [src(v)]) }[0]; 4])
                 };
-                for (k, &a) in acc.iter().enumerate() {
+                for (k, &a) in acc.iter().enumerate().take(nb) {
                     let r = 2 * (v + k);
                     let a = activate(epilogue, a);
                     // SAFETY: lanes 0..ow land on row `r`, lanes 8..8 + ow on row `r + 1` (stored

@@ -439,7 +439,8 @@ impl ConvGeometry {
 /// input's, run as `avx512::depthwise_masked` where the CPU has AVX-512. Measured at batch 64 (2
 /// threads): 576 channels at 8×8, 5×5 taps 2.9 → 1.1 ms; 240 at 16×16 2.7 → 2.3; CRNN's 240 at
 /// 2×32 0.53 → 0.30, its height-strided 72 at 32×32 → 16×32 (3×3) 0.90 → 0.69. From 32×32 up the
-/// phase route is faster (88 channels, 3×3: 1.7 ms against 2.7).
+/// phase route was faster when first measured (88 channels, 3×3: 1.7 ms against 2.7); on the Zen
+/// 4 of the current benchmarks it still is for one image, not for batches (below).
 const DEPTHWISE_MASKED_PLANE: usize = 512;
 
 /// ... and, in batches, up to this size, where the planes no longer fit in cache and the phase

@@ -67,6 +67,7 @@ fn db_postprocessing_matches_doctr() {
             unclip_ratio: case["unclip_ratio"].as_f64().unwrap() as f32,
             morphology: Morphology::Open3,
             drop_small: case["arch"] == "db",
+            level_skewed_lines: false,
         };
         let ours = db::boxes(&map, h, w, &params, straight);
         let theirs: Vec<_> = case["boxes"].as_array().unwrap().iter().map(|r| doctr_box(r, straight)).collect();

@@ -10,11 +10,12 @@ fn pages_dir() -> PathBuf {
     kiln_fixtures::fixtures_dir().join("pages")
 }
 
+/// The PP-OCR models; with rotated boxes their family's crop classifier (ppocr-v2-cls) comes
+/// with them unnamed.
 fn predictor(options: Options) -> Predictor {
     Predictor::builder()
         .det("ppocr-v4-det")
         .reco("ppocr-v4-rec")
-        .crop_orientation("ppocr-v2-cls")
         .options(options)
         .build()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -88,6 +89,48 @@ fn real_text_with_rotated_boxes_and_crop_orientation() {
     let options = Options { assume_straight_pages: false, ..Options::default() };
     for (file, score) in read_pages(options, &[0, 90, 180, 270]) {
         assert!(score >= 0.85, "{}: word F1 {score:.3} < 0.85", file.display());
+    }
+}
+
+#[test]
+fn ppocr_models_bring_their_crop_classifier() {
+    let rotated = Options { assume_straight_pages: false, ..Options::default() };
+    let card = |p: &Predictor| p.crop_orientation_card().map(|c| c.name.clone());
+    assert_eq!(card(&predictor(rotated.clone())).as_deref(), Some("ppocr-v2-cls"));
+    // A classifier named by the caller wins over the family's.
+    let named = Predictor::builder()
+        .det("ppocr-v4-det")
+        .reco("ppocr-v4-rec")
+        .crop_orientation(kiln::DEFAULT_CROP_ORIENTATION)
+        .options(rotated.clone())
+        .build()
+        .unwrap();
+    assert_eq!(card(&named).as_deref(), Some(kiln::DEFAULT_CROP_ORIENTATION));
+    // Kiln's own models keep Kiln's classifier; straight pages load none.
+    let default = Predictor::builder().options(rotated).build().unwrap();
+    assert_eq!(card(&default).as_deref(), Some(kiln::DEFAULT_CROP_ORIENTATION));
+    assert_eq!(card(&predictor(Options::default())), None);
+}
+
+#[test]
+fn skewed_scan_like_pages_are_read_in_straight_mode() {
+    // Prose skewed 2–3°, tinted, blurred, noisy and JPEG-compressed: PP-OCR's detector sees whole
+    // lines, whose straight bounding rectangles a skew fills too thinly to pass its box threshold
+    // unless skewed lines get rotated boxes cut level, as PaddleOCR cuts them (`level_skewed_lines`).
+    let dir = pages_dir();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pages.json")).unwrap()).unwrap();
+    let scans = index["scans"].as_array().expect("pages.json lists scans (run `cargo xtask fixtures`)");
+    assert!(scans.len() >= 2);
+    let p = predictor(Options::default());
+    for scan in scans {
+        let file = dir.join(scan["file"].as_str().unwrap());
+        let truth: Vec<String> = serde_json::from_value(scan["words"].clone()).unwrap();
+        let doc = p.predict(&[kiln::image_io::load_image(&file).unwrap()]).unwrap();
+        assert!(doc.pages[0].words().all(|w| matches!(w.geometry, kiln::geometry::Geometry::Straight(_))));
+        let text = doc.render();
+        let score = f1(&text, &truth);
+        eprintln!("{}: F1 {score:.3}\n{text}", file.display());
+        assert!(score >= 0.8, "{}: word F1 {score:.3} < 0.8\n{text}", file.display());
     }
 }
 

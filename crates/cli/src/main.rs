@@ -80,9 +80,10 @@ struct OcrArgs {
     /// The card describing a local --reco file.
     #[arg(long, default_value = kiln::DEFAULT_RECO)]
     reco_card: String,
-    /// Crop orientation model, used with --rotated: a card name or a local ONNX file.
-    #[arg(long, default_value = kiln::DEFAULT_CROP_ORIENTATION)]
-    crop_orientation: String,
+    /// Crop orientation model, used with --rotated: a card name or a local ONNX file (default:
+    /// the one of the recogniser's family, e.g. ppocr-v2-cls for ppocr-v4-rec, else Kiln's).
+    #[arg(long)]
+    crop_orientation: Option<String>,
     #[arg(long, default_value = kiln::DEFAULT_CROP_ORIENTATION)]
     crop_orientation_card: String,
     /// Page orientation model, used with --straighten and --detect-orientation.
@@ -186,13 +187,15 @@ fn ocr(args: OcrArgs) -> Result<()> {
             paragraph_break: args.paragraph_break,
         },
     };
-    let predictor = kiln::Predictor::builder()
+    let mut builder = kiln::Predictor::builder()
         .det(source(&args.det, &args.det_card))
         .reco(source(&args.reco, &args.reco_card))
-        .crop_orientation(source(&args.crop_orientation, &args.crop_orientation_card))
         .page_orientation(source(&args.page_orientation, &args.page_orientation_card))
-        .options(options)
-        .build()?;
+        .options(options);
+    if let Some(crop) = &args.crop_orientation {
+        builder = builder.crop_orientation(source(crop, &args.crop_orientation_card));
+    }
+    let predictor = builder.build()?;
     let bar = indicatif::ProgressBar::new(args.files.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} pages {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

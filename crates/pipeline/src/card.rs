@@ -93,6 +93,13 @@ pub struct PostProcess {
     /// DBNet drops boxes under 2 px after unclipping; docTR's LinkNet and FAST do not.
     #[serde(default = "yes")]
     pub drop_small: bool,
+    /// On straight pages, give a text line turned by more than a degree a rotated box, cut level,
+    /// as PaddleOCR cuts every box; level regions keep docTR's straight box. PaddleOCR's detector
+    /// finds whole lines, and a line skewed by a few degrees fills its bounding rectangle too
+    /// thinly to pass `box_thresh` (and would be cut with its neighbours' ink). docTR's word-level
+    /// maps do not need it.
+    #[serde(default)]
+    pub level_skewed_lines: bool,
 }
 
 fn yes() -> bool {
@@ -186,10 +193,18 @@ pub struct ModelCard {
     pub classes: Option<Vec<i32>>,
     /// Minimum probability to act on an orientation class other than 0.
     pub threshold: Option<f32>,
+    /// Most crops per recognition or classification batch. PaddleOCR reads six at a time, sorted
+    /// by aspect ratio; its SVTR recogniser mixes features across the whole padded width, so the
+    /// padding a wide neighbour forces on a short crop changes what it reads.
+    pub max_batch: Option<usize>,
     /// Recognition: read crops wider than 8× their height in overlapping windows (docTR's fixed
     /// 32×128 recognisers).
     #[serde(default)]
     pub split_wide_crops: bool,
+    /// Detection and recognition: the crop orientation classifier of this model's family (a card
+    /// name), used with rotated boxes unless another is named. PaddleOCR's models read crops the
+    /// way its own 0°/180° classifier turns them, not the way docTR's four-way one does.
+    pub crop_orientation: Option<String>,
     #[serde(default)]
     pub source: Source,
 }

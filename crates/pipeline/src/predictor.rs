@@ -209,7 +209,9 @@ pub const DEFAULT_PAGE_ORIENTATION: &str = "mobilenet_v3_small_page_orientation_
 pub struct PredictorBuilder {
     det: ModelSource,
     reco: ModelSource,
-    crop_orientation: ModelSource,
+    /// `None`: the recogniser's family's classifier (its card's `crop_orientation`), else the
+    /// detector's, else Kiln's default.
+    crop_orientation: Option<ModelSource>,
     page_orientation: ModelSource,
     options: Options,
 }
@@ -224,7 +226,7 @@ impl PredictorBuilder {
         self
     }
     pub fn crop_orientation(mut self, m: impl Into<ModelSource>) -> Self {
-        self.crop_orientation = m.into();
+        self.crop_orientation = Some(m.into());
         self
     }
     pub fn page_orientation(mut self, m: impl Into<ModelSource>) -> Self {
@@ -258,10 +260,19 @@ impl PredictorBuilder {
         let o = &self.options;
         let needs_crop = !o.assume_straight_pages && !o.disable_crop_orientation;
         let needs_page = (o.straighten_pages || o.detect_orientation) && !o.disable_page_orientation;
+        let (det, reco) = (self.det.load()?, self.reco.load()?);
+        let crop_orientation = match self.crop_orientation {
+            _ if !needs_crop => None,
+            Some(named) => Some(named.load()?),
+            None => {
+                let family = reco.card.crop_orientation.as_ref().or(det.card.crop_orientation.as_ref());
+                Some(ModelSource::from(family.map_or(DEFAULT_CROP_ORIENTATION, String::as_str)).load()?)
+            }
+        };
         let models = Models {
-            det: self.det.load()?,
-            reco: self.reco.load()?,
-            crop_orientation: if needs_crop { Some(self.crop_orientation.load()?) } else { None },
+            det,
+            reco,
+            crop_orientation,
             page_orientation: if needs_page { Some(self.page_orientation.load()?) } else { None },
         };
         Predictor::new(models, self.options)
@@ -283,7 +294,7 @@ impl Predictor {
         PredictorBuilder {
             det: DEFAULT_DET.into(),
             reco: DEFAULT_RECO.into(),
-            crop_orientation: DEFAULT_CROP_ORIENTATION.into(),
+            crop_orientation: None,
             page_orientation: DEFAULT_PAGE_ORIENTATION.into(),
             options: Options::default(),
         }
@@ -328,6 +339,11 @@ impl Predictor {
             }
         }
         Ok(Predictor { det, reco, crop_orientation, page_orientation, options })
+    }
+
+    /// The crop orientation classifier's card, when the options use one.
+    pub fn crop_orientation_card(&self) -> Option<&ModelCard> {
+        self.crop_orientation.as_ref().map(|m| &m.card)
     }
 
     /// Reads every page.
@@ -429,7 +445,9 @@ impl Predictor {
     }
 
     fn read_page(&self, idx: usize, page: &RgbImage, dets: Vec<db::Detection>) -> Result<Page> {
-        let horizontal = self.options.disable_page_orientation;
+        // Rotated boxes on straight pages (`level_skewed_lines`) are cut level, as with the page
+        // classifier disabled, and exported as their bounds.
+        let horizontal = self.options.disable_page_orientation || self.options.assume_straight_pages;
         // Crops; boxes whose crop is empty are dropped with them.
         let mut kept: Vec<(db::Detection, RgbImage)> = dets
             .into_par_iter()
@@ -479,7 +497,9 @@ impl Predictor {
             .zip(orientations)
             .map(|(((d, _), (value, confidence)), crop_orientation)| {
                 let geometry = match d.geometry {
-                    Geometry::Rotated(_) if self.options.export_as_straight_boxes => Geometry::Straight(d.geometry.bounds()),
+                    Geometry::Rotated(_) if self.options.export_as_straight_boxes || self.options.assume_straight_pages => {
+                        Geometry::Straight(d.geometry.bounds())
+                    }
                     g => g,
                 };
                 Word { value, confidence, geometry, objectness_score: d.score, crop_orientation }
@@ -503,7 +523,7 @@ impl Predictor {
         let card = &model.card;
         let classes = card.classes.clone().unwrap_or_default();
         let mut out = Vec::with_capacity(crops.len());
-        for chunk in crops.chunks(self.options.reco_bs) {
+        for chunk in crops.chunks(batch_size(card, self.options.reco_bs)) {
             let (h, w) = chunk
                 .iter()
                 .map(|c| preprocess::target_size(card, c.height(), c.width()))
@@ -545,7 +565,7 @@ impl Predictor {
         let mut order: Vec<usize> = (0..crops.len()).collect();
         order.sort_by(|&a, &b| aspect(&crops[a]).total_cmp(&aspect(&crops[b])));
         let mut out = vec![(String::new(), 0.0); crops.len()];
-        for chunk in order.chunks(self.options.reco_bs) {
+        for chunk in order.chunks(batch_size(card, self.options.reco_bs)) {
             let (h, w) = chunk
                 .iter()
                 .map(|&i| preprocess::target_size(card, crops[i].height(), crops[i].width()))
@@ -566,6 +586,11 @@ impl Predictor {
         }
         Ok(out)
     }
+}
+
+/// The option's batch size, capped by the card's `max_batch`.
+fn batch_size(card: &ModelCard, option: usize) -> usize {
+    card.max_batch.map_or(option, |m| option.min(m)).max(1)
 }
 
 fn aspect(img: &RgbImage) -> f32 {

@@ -44,7 +44,7 @@ pub fn boxes(prob: &[f32], height: usize, width: usize, params: &PostProcess, st
         if x1 - x0 < MIN_SIZE_BOX || y1 - y0 < MIN_SIZE_BOX {
             continue;
         }
-        let detection = if straight {
+        let detection = if straight && !(params.level_skewed_lines && skewed_line(&pts)) {
             straight_box(prob, height, width, (x0, y0, x1, y1), params)
         } else {
             rotated_box(prob, height, width, &pts, params)
@@ -72,6 +72,17 @@ fn binarise(prob: &[f32], height: usize, width: usize, params: &PostProcess) -> 
             Luma([v])
         }),
     }
+}
+
+/// A region at least three times as long as it is high whose long side is turned more than a
+/// degree from the horizontal (a shorter blob's angle says little).
+fn skewed_line(pts: &[(f64, f64)]) -> bool {
+    let (_, (w, h), angle) = min_area_rect(&integers(pts.iter()));
+    let (long, short) = (w.max(h) as f64, w.min(h) as f64);
+    // The long side's angle from the horizontal, whichever side OpenCV's angle measures.
+    let turn = if w >= h { angle as f64 } else { angle as f64 - 90.0 };
+    let off = turn.rem_euclid(180.0);
+    long >= 3.0 * short.max(1.0) && off.min(180.0 - off) > 1.0
 }
 
 fn extent(pts: &[(f64, f64)]) -> (f64, f64, f64, f64) {
@@ -193,7 +204,14 @@ mod tests {
     use crate::card::Morphology;
 
     fn params() -> PostProcess {
-        PostProcess { bin_thresh: 0.3, box_thresh: 0.1, unclip_ratio: 1.5, morphology: Morphology::Open3, drop_small: true }
+        PostProcess {
+            bin_thresh: 0.3,
+            box_thresh: 0.1,
+            unclip_ratio: 1.5,
+            morphology: Morphology::Open3,
+            drop_small: true,
+            level_skewed_lines: false,
+        }
     }
 
     /// A 100×200 map with one bright 10×40 block at rows 20..30, cols 50..90.
@@ -232,6 +250,44 @@ mod tests {
         assert!(p[1][0] > 89.0 / 200.0 && p[1][1] < 20.0 / 100.0, "{p:?}");
         assert!(p[2][0] > 89.0 / 200.0 && p[2][1] > 29.0 / 100.0, "{p:?}");
         assert!(p[3][0] < 50.0 / 200.0 && p[3][1] > 29.0 / 100.0, "{p:?}");
+    }
+
+    /// A 160×600 map with a 12-pixel-high bar 400 long, turned `degrees` about its centre.
+    fn bar(degrees: f64) -> Vec<f32> {
+        let (sin, cos) = degrees.to_radians().sin_cos();
+        let mut m = vec![0f32; 160 * 600];
+        for y in 0..160 {
+            for x in 0..600 {
+                let (dx, dy) = (x as f64 - 300.0, y as f64 - 80.0);
+                let (u, v) = (dx * cos + dy * sin, -dx * sin + dy * cos);
+                if u.abs() < 200.0 && v.abs() < 6.0 {
+                    m[y * 600 + x] = 0.9;
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn skewed_lines_get_level_cut_rotated_boxes_on_straight_pages() {
+        let level_skewed = PostProcess { box_thresh: 0.5, level_skewed_lines: true, ..params() };
+        // Turned 3°: docTR's straight box is scored over a bounding rectangle the bar fills to
+        // about a third, under the 0.5 threshold; a rotated box is scored inside the bar.
+        assert!(boxes(&bar(3.0), 160, 600, &PostProcess { box_thresh: 0.5, ..params() }, true).is_empty());
+        let d = boxes(&bar(3.0), 160, 600, &level_skewed, true);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(matches!(d[0].geometry, Geometry::Rotated(_)), "{:?}", d[0].geometry);
+        // Level, or turned less than a degree: docTR's straight box.
+        for degrees in [0.0, 0.5, -0.5] {
+            let d = boxes(&bar(degrees), 160, 600, &level_skewed, true);
+            assert_eq!(d.len(), 1, "{degrees}°: {d:?}");
+            assert!(matches!(d[0].geometry, Geometry::Straight(_)), "{degrees}°: {:?}", d[0].geometry);
+        }
+        // Turned the other way, or further.
+        for degrees in [-3.0, 2.0, 10.0] {
+            let d = boxes(&bar(degrees), 160, 600, &level_skewed, true);
+            assert!(matches!(d[0].geometry, Geometry::Rotated(_)), "{degrees}°: {:?}", d[0].geometry);
+        }
     }
 
     #[test]

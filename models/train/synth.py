@@ -95,16 +95,58 @@ MAX_LEN = 16
 assert all(c in VOCAB for w in WORDS for c in w), "WORDS has a character outside VOCAB"
 
 
-def ensure_fonts(log=print):
-    """Installs Debian's font packages when a font of either list is missing and we are root."""
+# Typefaces of real documents, for synthetic words in training runs on the corpus (`doc_fonts`):
+# the TeX Gyre and URW clones of the PostScript 35 (Times, Helvetica, Courier, Palatino, ...),
+# Latin Modern (TeX's Computer Modern), Noto, FreeFont, DejaVu and Liberation. Math, symbol and
+# script faces are left out, and so are HELD_OUT_FONTS.
+DOC_FONT_PACKAGES = ["fonts-texgyre", "fonts-urw-base35", "fonts-lmodern", "fonts-noto-core", "fonts-freefont-ttf",
+                     "fonts-dejavu", "fonts-liberation2"]
+DOC_FONT_GLOBS = [
+    ("/usr/share/texmf/fonts/opentype/public/tex-gyre", "texgyre*.otf"),
+    ("/usr/share/fonts/opentype/urw-base35", "*.otf"),
+    ("/usr/share/texmf/fonts/opentype/public/lm", "lm*.otf"),
+    ("/usr/share/fonts/truetype/noto", "Noto[SM]*-*.ttf"),
+    ("/usr/share/fonts/truetype/freefont", "Free*.ttf"),
+    ("/usr/share/fonts/truetype/dejavu", "DejaVu*.ttf"),
+    ("/usr/share/fonts/truetype/liberation2", "Liberation*.ttf"),
+]
+DOC_FONT_EXCLUDE = ("math", "chorus", "Z003", "D050000L", "StandardSymbols", "lmmonoprop", "caps", "dunh", "Display")
+
+
+def doc_fonts():
+    """Installed typefaces of DOC_FONT_GLOBS whose glyphs cover the vocabulary's letters and digits."""
+    held_out = set(HELD_OUT_FONTS)
+    out = []
+    for d, pattern in DOC_FONT_GLOBS:
+        for p in sorted(Path(d).glob(pattern)):
+            if p.name in held_out or any(x.lower() in p.name.lower() for x in DOC_FONT_EXCLUDE):
+                continue
+            if not (p.name.startswith(("NotoSans-", "NotoSerif-", "NotoSansMono-")) or "noto" not in d):
+                continue
+            try:
+                covered = font_chars(str(p))
+            except OSError:
+                continue
+            if set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") <= covered:
+                out.append(str(p))
+    return out
+
+
+def ensure_fonts(log=print, packages=None):
+    """Installs Debian's font packages when a font of either list is missing (or, given
+    `packages`, when one of them is not installed) and we are root."""
     missing = [n for n in TRAIN_FONTS + HELD_OUT_FONTS if find_font(n) is None]
+    if packages:
+        missing += [p for p in packages
+                    if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         log(f"fonts: {len(missing)} not installed ({', '.join(missing)}); going on without them")
         return
-    log(f"fonts: installing {' '.join(FONT_PACKAGES)} for {', '.join(missing)}")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *FONT_PACKAGES]
+    packages = sorted(set(FONT_PACKAGES) | set(packages or []))
+    log(f"fonts: installing {' '.join(packages)} for {', '.join(missing)}")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     ok = subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     if not ok:

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import real  # noqa: E402
 import synth  # noqa: E402
 
 
@@ -114,7 +115,7 @@ class Data:
     """Seeded batches for one task, preprocessed as docTR's predictors preprocess at inference
     (doctr.transforms.Resize with the predictor's padding, /255, the model's mean and std)."""
 
-    def __init__(self, task, seed, cfg, det_size, det_crop, fonts):
+    def __init__(self, task, seed, cfg, det_size, det_crop, fonts, corpus=None, real_fraction=0.0):
         from doctr.transforms import Resize
         from torchvision.transforms import Normalize
 
@@ -125,6 +126,14 @@ class Data:
         self.norm = Normalize(cfg["mean"], cfg["std"])
         self.det_size, self.det_crop = det_size, det_crop
         self.pools = {}
+        # Real pages (corpus.py's split) for this fraction of the samples, synthetic ones for the rest.
+        self.real = real.RealPages(corpus, self.rng) if corpus else None
+        self.real_fraction = real_fraction if corpus else 0.0
+        if self.real:
+            # Synthetic words are half the corpus's own words, half synth's mix (numbers, random
+            # strings) that teach every class of the vocabulary.
+            made = self.words
+            self.words = lambda: self.real.word_text() if self.rng.random() < 0.5 else made()
         if self.kind == "detection":
             self.resize = Resize((det_size, det_size), preserve_aspect_ratio=True, symmetric_pad=True)
         elif self.kind == "recognition":
@@ -151,12 +160,16 @@ class Data:
             return self.crop_orientation_bands(n)
         return [self.batch(n)]
 
+    def _use_real(self):
+        return self.real is not None and self.rng.random() < self.real_fraction
+
     def recognition(self, n):
+        n_real = sum(self._use_real() for _ in range(n))
+        pairs = self.real.word_crops(n_real) if n_real else []
+        pairs += [self._word_crop(min_len=0, skew_p=0.25, skew=3) for _ in range(n - n_real)]
         images, labels = [], []
-        for _ in range(n):
-            word, crop = self._word_crop(min_len=0, skew_p=0.25, skew=3)
-            img, _ = self._tensor(crop)
-            images.append(img)
+        for word, crop in pairs:
+            images.append(self._tensor(crop)[0])
             labels.append(word)
         return self._finish(images), labels
 
@@ -216,13 +229,20 @@ class Data:
 
     def _orientation_crop(self):
         # A lone character is often symmetric: no orientation to learn.
+        while self._use_real():
+            word, crop = self.real.word_crops(1, per_page=1)[0]
+            if len(word) >= 2:
+                return crop
         return self._word_crop(min_len=2, skew_p=0.5, skew=8)[1]
 
     def page_orientation(self, n):
         images, labels = [], []
         for _ in range(n):
-            img, _, _ = synth.train_page(self.rng, self.words, self.fonts, ORIENT_SIZE[self.kind], turns=False,
-                                         long_side=(540, 900), em=(5, 28))
+            if self._use_real():
+                img = self.real.det_page()[0]
+            else:
+                img, _, _ = synth.train_page(self.rng, self.words, self.fonts, ORIENT_SIZE[self.kind], turns=False,
+                                             long_side=(540, 900), em=(5, 28))
             k = self.rng.randrange(4)
             arr = synth.turn(synth.degrade(self.rng, img), k)
             images.append(self._tensor(arr)[0])
@@ -237,7 +257,10 @@ class Data:
 
         images, targets = [], []
         while len(images) < n:
-            img, polys, _ = synth.train_page(self.rng, self.words, self.fonts, self.det_size)
+            if self._use_real():
+                img, polys, _ = self.real.det_page()
+            else:
+                img, polys, _ = synth.train_page(self.rng, self.words, self.fonts, self.det_size)
             w, h = img.size
             rel = polys / np.array([w, h], dtype=np.float32)
             image, rel = self._tensor(synth.degrade(self.rng, img), {"words": np.clip(rel, 0, 1)})
@@ -320,8 +343,12 @@ def train(task, args, fonts):
     # 0.50 -> 0.30 s); the other models were trained, and are replayed, in NCHW.
     layout = torch.channels_last if t.kind == "crop_orientation" else torch.contiguous_format
     model = model.to(memory_format=layout)
-    data = Data(task, args.seed, model.cfg, args.det_size, args.det_crop, fonts)
-    val_x, val_y = Data(task, args.seed + 7919, model.cfg, args.det_size, args.det_crop, fonts).batch(
+    corpus = Path(args.corpus) if args.corpus else None
+    data = Data(task, args.seed, model.cfg, args.det_size, args.det_crop, fonts, corpus / "train" if corpus else None,
+                args.real_fraction)
+    # Validation on the corpus's held-out packages (`val`), never on the test split.
+    val_x, val_y = Data(task, args.seed + 7919, model.cfg, args.det_size, args.det_crop, fonts,
+                        corpus / "val" if corpus else None, args.real_fraction).batch(
         8 if t.kind == "detection" else min(256, batch * 8))
     model.train()
     banded = t.kind == "crop_orientation" and not args.no_bands
@@ -343,6 +370,28 @@ def train(task, args, fonts):
     history = []
     timed = {True: 0.0, False: 0.0}  # calibration seconds on band and on square batches
     step = 0
+    ckpt_path = out / f"{name}.ckpt"
+    if args.resume and ckpt_path.exists():
+        # Where the run stopped: weights, optimizer, schedule, data stream and clock.
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        data.rng.setstate(ck["data_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, ema, images, history = ck["step"], ck["ema"], ck["images"], ck["history"]
+        total = args.schedule_steps or args.steps or ck["total"]
+        stop = args.steps or total
+        start -= ck["elapsed"]
+        last_step = step
+        log(f"[{task}] resumed from {ckpt_path.name} at step {step}/{total}, {ck['elapsed'] / 60:.1f} min in")
+
+    def checkpoint():
+        torch.save(model.state_dict(), out / f"{name}.pt")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "data_rng": data.rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "total": total, "ema": ema, "images": images,
+                    "history": history, "elapsed": time.perf_counter() - start}, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+
     while stop is None or step < stop:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, total or 10**9, lr)
@@ -377,14 +426,14 @@ def train(task, args, fonts):
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s elapsed {now - start:.0f}s")
             history.append([step, round(ema, 5), round(now - start, 1)])
             last_log, last_step = now, step
-        if now - last_ckpt > 600:
-            torch.save(model.state_dict(), out / f"{name}.pt")
+        if now - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoint()
             last_ckpt = now
         if args.steps is None and now - start > minutes * 60 * 1.15:
             log(f"[{task}] over budget by 15%: stopping at step {step} of {total}")
             break
     wall = time.perf_counter() - start
-    torch.save(model.state_dict(), out / f"{name}.pt")
+    checkpoint()
     val = validate(t.kind, model, val_x, val_y)
     log(f"[{task}] done: {step} steps, {images} images, {wall / 60:.1f} min, "
         f"{images / wall:.1f} img/s; validation {json.dumps(val, ensure_ascii=False)}")
@@ -469,6 +518,8 @@ def replay_command(task, args, steps, schedule):
         cmd += f" --backbone {args.backbone}"
     if TASKS[task].kind == "detection":
         cmd += f" --det-size {args.det_size} --det-crop {args.det_crop}"
+    if args.corpus:
+        cmd += f" --corpus CORPUS --real-fraction {args.real_fraction} --suffix {args.suffix}"
     return cmd
 
 
@@ -555,11 +606,16 @@ def card(task, args, record, onnx_path):
         "crop_orientation": "synthetic word crops, each turned 0/90/180/270 degrees, cut to bands of the 256x256 input",
         "page_orientation": "synthetic pages turned 0/90/180/270 degrees, at 512x512",
     }[t.kind]
+    source = "models/train/synth.py"
+    if args.corpus:
+        what = what.replace("synthetic", "real and synthetic")
+        source = (f"{args.real_fraction:.0%} real pages of Debian documentation PDFs, models/train/corpus.py's train "
+                  "split; the rest models/train/synth.py in the typefaces of synth.doc_fonts")
     start = (f"the backbone of {TASKS[t.init_from].arch}{args.suffix}" if t.init_from
              else "random initialisation")
     text = (
         f"# docTR {v['python-doctr']} {t.arch}, trained in Kiln from {start} on {what}\n"
-        f"# (models/train/synth.py): {record['steps']} steps of {record['batch']}, seed {record['seed']}, "
+        f"# ({source}): {record['steps']} steps of {record['batch']}, seed {record['seed']}, "
         f"{record['wall_s'] / 60:.0f} min on {record['threads']} CPU threads.\n"
         f"# Made by: {record['replay']}\n"
         f"# With python-doctr {v['python-doctr']}, torch {v['torch']}, torchvision {v['torchvision']}, "
@@ -594,21 +650,32 @@ def main():
                                        "start an orientation classifier (default: --out's checkpoint)")
     ap.add_argument("--no-bands", action="store_true", help="crop orientation on 256x256 squares throughout")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--export-only", action="store_true", help="export and write the card of a finished run in --out")
+    ap.add_argument("--corpus", help="corpus.py's output (train/ and val/ splits): real pages for "
+                                     "--real-fraction of the samples")
+    ap.add_argument("--real-fraction", type=float, default=0.75)
+    ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint of the task, if any")
+    ap.add_argument("--checkpoint-minutes", type=float, default=10)
     ap.add_argument("--no-font-install", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     if not args.no_font_install:
-        synth.ensure_fonts(log)
-    fonts = synth.fonts(synth.TRAIN_FONTS)
+        synth.ensure_fonts(log, synth.DOC_FONT_PACKAGES if args.corpus else None)
+    # Runs on the corpus draw their synthetic words in the typefaces of real documents.
+    fonts = synth.doc_fonts() if args.corpus else synth.fonts(synth.TRAIN_FONTS)
     if len(fonts) < 4:
-        raise SystemExit("train: fewer than 4 training fonts; install fonts-dejavu fonts-liberation2")
+        raise SystemExit("train: fewer than 4 training fonts; install " + " ".join(
+            synth.DOC_FONT_PACKAGES if args.corpus else synth.FONT_PACKAGES))
     log(f"train: {len(fonts)} fonts, versions {versions()}")
     tasks = list(TASKS) if args.task == "all" else [args.task]
     begin = time.perf_counter()
     for task in tasks:
-        record = train(task, args, fonts)
+        if args.export_only:
+            record = json.loads((Path(args.out) / f"{TASKS[task].arch}{args.suffix}.json").read_text())
+        else:
+            record = train(task, args, fonts)
         if not args.no_export:
             card(task, args, record, export(task, args))
         log(f"train: {(time.perf_counter() - begin) / 60:.1f} min so far")

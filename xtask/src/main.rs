@@ -1,5 +1,6 @@
-//! `cargo xtask`: fixtures, the compatibility matrix, and the test command.
+//! `cargo xtask`: fixtures, the compatibility matrix, benchmarks, accuracy, and the test command.
 
+mod accuracy;
 mod bench;
 mod bench_e2e;
 mod bench_report;
@@ -148,6 +149,23 @@ enum Task {
         #[arg(long)]
         mode: String,
     },
+    /// Reading accuracy on held-out real pages: Kiln's modes and PP-OCR models against Tesseract
+    /// and rapidocr, clean, scan-like and turned (see docs/accuracy.md).
+    Accuracy {
+        /// Held-out pages per reserved package.
+        #[arg(long, default_value_t = 4)]
+        pages_per_package: usize,
+        /// Comma-separated subset of the tools (names as in the report's rows).
+        #[arg(long)]
+        tools: Option<String>,
+        /// Comma-separated subset of clean,scan,rot90,rot180,rot270.
+        #[arg(long)]
+        variants: Option<String>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// The test command: CI fixtures, then every workspace test.
     Test,
 }
@@ -220,11 +238,14 @@ fn main() -> Result<()> {
         }
         Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
         Task::BenchE2eWorker { mode, backend, runs, files } => bench_e2e::worker(&mode, backend.parse()?, runs, &files),
+        Task::Accuracy { pages_per_package, tools, variants, json, markdown } => {
+            accuracy::accuracy(&accuracy::Options { pages_per_package, tools, variants, json, markdown })
+        }
         Task::Test => test(),
     }
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     // `cargo xtask` sets the variable at run time; a binary built in another checkout that shares
     // the target dir would otherwise work on that checkout.
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
@@ -232,7 +253,7 @@ fn repo_root() -> PathBuf {
     manifest.parent().expect("xtask lives in the repo").to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -242,7 +263,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// The fixture venv, (re)installed when `tests/fixtures/requirements.txt` changes.
-fn venv() -> Result<PathBuf> {
+pub(crate) fn venv() -> Result<PathBuf> {
     let venv = kiln_fixtures::cache_dir().join("venv");
     let python = venv.join("bin/python");
     let req = repo_root().join("tests/fixtures/requirements.txt");

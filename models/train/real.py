@@ -75,11 +75,10 @@ class RealPages:
         m = lambda lo, hi: rng.uniform(lo, hi) * em  # noqa: E731
         left, right = x0 - m(-0.03, 0.4), x1 + m(-0.03, 0.4)
         top, bottom = y0 - m(-0.03, 0.25), y1 + m(-0.03, 0.25)
-        h = y1 - y0
         if rng.random() < 0.2:
             # A slightly turned box: cut a larger region, turn it, keep the centre.
             angle = rng.uniform(-2.5, 2.5)
-            pad = int(h) + 4
+            pad = int(em) + 4
             region = img.crop((int(left) - pad, int(top) - pad, int(right) + pad, int(bottom) + pad))
             bg = tuple(int(v) for v in np.median(np.asarray(region).reshape(-1, 3), axis=0))
             region = region.rotate(angle, resample=Image.BICUBIC, fillcolor=bg)

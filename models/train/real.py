@@ -33,6 +33,7 @@ class RealPages:
         self.rng = rng
         self.cache = OrderedDict()
         self.cache_pages = cache_pages
+        self.texts = None
 
     def page(self, name):
         """(RGB image, words) of a page; the most recently used pages stay decoded."""
@@ -47,12 +48,13 @@ class RealPages:
         return self.cache[name]
 
     def word_text(self):
-        """The text of a readable word drawn from the pages (for synthetic crops in other fonts)."""
-        while True:
-            _, words = self.page(self.rng.choice(self.names))
-            usable = [w for w in words if readable(w)]
-            if usable:
-                return self.rng.choice(usable)["text"]
+        """The text of a readable word drawn from the pages (for synthetic crops in other fonts).
+        The texts are read once, without the page images: decoding a page per word made data the
+        larger part of a training step."""
+        if self.texts is None:
+            self.texts = [w["text"] for name in self.names
+                          for w in json.loads((self.root / f"{name}.json").read_text())["words"] if readable(w)]
+        return self.rng.choice(self.texts)
 
     def word_crops(self, n, per_page=8):
         """`n` (text, HWC uint8 crop) pairs, up to `per_page` from each page drawn."""

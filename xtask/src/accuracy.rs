@@ -12,6 +12,7 @@ use crate::{repo_root, run, venv};
 const PACKAGES: [&str; 3] = ["poppler-utils", "tesseract-ocr", "tesseract-ocr-osd"];
 
 pub struct Options {
+    pub split: String,
     pub pages_per_package: usize,
     pub tools: Option<String>,
     pub variants: Option<String>,
@@ -23,11 +24,11 @@ pub fn accuracy(o: &Options) -> Result<()> {
     ensure_packages()?;
     let python = venv()?;
     let cache = kiln_fixtures::cache_dir();
-    // The held-out pages: the corpus's test split, never trained or tuned on.
+    // The held-out pages (the test split, never trained or tuned on) or the validation pages.
     let corpus = cache.join("corpus");
     run(Command::new(&python)
         .arg(repo_root().join("models/train/corpus.py"))
-        .args(["--split", "test", "--pages-per-package", &o.pages_per_package.to_string(), "--out"])
+        .args(["--split", &o.split, "--pages-per-package", &o.pages_per_package.to_string(), "--out"])
         .arg(&corpus))?;
     // The PP-OCR models come from the rapidocr wheel, unpacked as fixtures.
     run(Command::new(&python)
@@ -38,9 +39,9 @@ pub fn accuracy(o: &Options) -> Result<()> {
     let mut cmd = Command::new(&python);
     cmd.arg(repo_root().join("xtask/python/accuracy.py"))
         .arg("--pages")
-        .arg(corpus.join("test"))
+        .arg(corpus.join(&o.split))
         .arg("--work")
-        .arg(cache.join("accuracy"))
+        .arg(cache.join("accuracy").join(&o.split))
         .arg("--kiln")
         .arg(&kiln)
         .arg("--command")

@@ -152,7 +152,11 @@ enum Task {
     /// Reading accuracy on held-out real pages: Kiln's modes and PP-OCR models against Tesseract
     /// and rapidocr, clean, scan-like and turned (see docs/accuracy.md).
     Accuracy {
-        /// Held-out pages per reserved package.
+        /// `test`: the held-out pages of the reserved packages (the report); `val`: the
+        /// validation packages, the only real pages models and settings are tuned on.
+        #[arg(long, default_value = "test", value_parser = ["test", "val"])]
+        split: String,
+        /// Pages per package (the validation split was built with 10).
         #[arg(long, default_value_t = 4)]
         pages_per_package: usize,
         /// Comma-separated subset of the tools (names as in the report's rows).
@@ -238,8 +242,8 @@ fn main() -> Result<()> {
         }
         Task::BenchWorker { backend, mode } => bench::worker(backend.parse()?, mode.parse()?),
         Task::BenchE2eWorker { mode, backend, runs, files } => bench_e2e::worker(&mode, backend.parse()?, runs, &files),
-        Task::Accuracy { pages_per_package, tools, variants, json, markdown } => {
-            accuracy::accuracy(&accuracy::Options { pages_per_package, tools, variants, json, markdown })
+        Task::Accuracy { split, pages_per_package, tools, variants, json, markdown } => {
+            accuracy::accuracy(&accuracy::Options { split, pages_per_package, tools, variants, json, markdown })
         }
         Task::Test => test(),
     }

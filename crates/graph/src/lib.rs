@@ -15,11 +15,13 @@
 
 mod device;
 mod error;
+mod ir;
 mod model;
 mod ops;
 mod passes;
 mod plan;
 mod tensor;
+mod transposed_weights;
 mod wire;
 
 pub mod npy;

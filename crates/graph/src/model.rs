@@ -9,177 +9,10 @@ use std::sync::Arc;
 use burn_backend::{DType, TensorData};
 use onnx_ir::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
-use crate::error::{Error, ErrorKind, Result, bail, err};
-use crate::passes;
+use crate::error::{Error, Result, bail, err};
+pub use crate::ir::{Attr, Attrs, Dim, ElemType, Node, OnnxModel, Subgraph, ValueInfo};
+use crate::transposed_weights;
 use crate::wire::{Wire, decode_error};
-
-/// ONNX element types Kiln accepts in graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ElemType {
-    F32,
-    F64,
-    F16,
-    I64,
-    I32,
-    I8,
-    U8,
-    Bool,
-}
-
-impl ElemType {
-    pub fn from_onnx(code: i32) -> Option<Self> {
-        Some(match code {
-            1 => Self::F32,
-            2 => Self::U8,
-            3 => Self::I8,
-            // Wider unsigned types are held as i64 like the signed ones.
-            4 | 12 | 13 => Self::I64,
-            5 => Self::I32,
-            6 => Self::I32,
-            7 => Self::I64,
-            9 => Self::Bool,
-            10 => Self::F16,
-            11 => Self::F64,
-            _ => return None,
-        })
-    }
-
-    pub fn is_float(self) -> bool {
-        matches!(self, Self::F32 | Self::F64 | Self::F16)
-    }
-
-    pub fn is_int(self) -> bool {
-        matches!(self, Self::I64 | Self::I32 | Self::I8 | Self::U8)
-    }
-
-    /// The host dtype Kiln keeps constants of this type in (floats as f32, ints as i64).
-    pub fn host_dtype(self) -> DType {
-        match self {
-            Self::F32 | Self::F64 | Self::F16 => DType::F32,
-            Self::I64 | Self::I32 | Self::I8 | Self::U8 => DType::I64,
-            Self::Bool => DType::Bool(burn_backend::BoolStore::Native),
-        }
-    }
-
-    pub fn of_dtype(dtype: DType) -> Self {
-        if dtype.is_float() {
-            Self::F32
-        } else if dtype.is_bool() {
-            Self::Bool
-        } else {
-            Self::I64
-        }
-    }
-}
-
-/// A dimension of a declared graph input or output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dim {
-    Fixed(usize),
-    /// Symbolic (`batch`) or unknown: any size is accepted and specialised at compile time.
-    Dynamic(Option<String>),
-}
-
-/// A declared graph input or output.
-#[derive(Debug, Clone)]
-pub struct ValueInfo {
-    pub name: String,
-    pub elem: ElemType,
-    pub dims: Vec<Dim>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Attr {
-    Float(f32),
-    Int(i64),
-    Str(String),
-    Tensor(Arc<TensorData>),
-    Graph(Arc<Subgraph>),
-    Floats(Vec<f32>),
-    Ints(Vec<i64>),
-    Strings(Vec<String>),
-}
-
-/// One ONNX node. Absent optional inputs are empty strings, as in ONNX.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    pub op: String,
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-    pub attrs: Attrs,
-}
-
-/// A node's attributes, in a vector: nodes carry one to three, and a hash map's table per node
-/// cost viptr_tiny's 31 000 nodes megabytes at load for lookups that scan three entries anyway.
-#[derive(Debug, Clone, Default)]
-pub struct Attrs(Vec<(String, Attr)>);
-
-impl Attrs {
-    pub fn new() -> Self {
-        Self(Vec::new())
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Attr> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
-    /// Sets `name`, replacing an earlier value.
-    pub fn insert(&mut self, name: String, value: Attr) {
-        match self.0.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Attr)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &Attr> {
-        self.0.iter().map(|(_, v)| v)
-    }
-}
-
-impl FromIterator<(String, Attr)> for Attrs {
-    fn from_iter<I: IntoIterator<Item = (String, Attr)>>(iter: I) -> Self {
-        let mut attrs = Self::new();
-        for (k, v) in iter {
-            attrs.insert(k, v);
-        }
-        attrs
-    }
-}
-
-/// A graph body: the main graph or an `If` branch.
-#[derive(Debug, Clone, Default)]
-pub struct Subgraph {
-    pub nodes: Vec<Node>,
-    pub initializers: Vec<(String, Arc<TensorData>)>,
-    pub inputs: Vec<ValueInfo>,
-    pub outputs: Vec<ValueInfo>,
-}
-
-/// A decoded ONNX model.
-#[derive(Debug, Clone)]
-pub struct OnnxModel {
-    /// Where it came from, for error messages (`<bytes>` for in-memory models).
-    pub source: PathBuf,
-    pub opset: i64,
-    pub graph: Subgraph,
-    /// Tensor `Constant` nodes of the main graph, read as initializers (still counted as nodes
-    /// in op histograms).
-    pub constants: usize,
-    /// `Gemm` nodes whose weights were stored transposed as they were read.
-    pub gemm_weights_transposed: usize,
-    pub producer: String,
-    /// `metadata_props` (PP-OCR keeps its recognition dictionary here, under `character`).
-    pub metadata: Vec<(String, String)>,
-}
 
 impl OnnxModel {
     pub fn from_path(path: &Path) -> Result<Self> {
@@ -245,7 +78,7 @@ const TENSOR_RAW_DATA: u32 = 9;
 /// Reads the main graph up to byte `end`, converting each node and initializer as it arrives
 /// (tensor `Constant` nodes become initializers), and the graph's remaining fields (inputs,
 /// outputs, value infos) together at the end. Weights that only `Gemm` nodes read transposed are
-/// stored transposed, in place (see `passes::transpose_gemm_weights`). Returns the graph, the
+/// stored transposed, in place (see `transposed_weights`). Returns the graph, the
 /// count of `Constant` nodes read as initializers and of `Gemm` nodes rewritten.
 fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, usize, usize)> {
     let (mut nodes, mut initializers, mut rest) = (Vec::new(), Vec::new(), Vec::new());
@@ -274,11 +107,11 @@ fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, u
             (GRAPH_INITIALIZER, 2) => {
                 let mut t = TensorProto::parse_from_tokio_bytes(&w.message(end, Some(TENSOR_RAW_DATA))?)
                     .map_err(|e| decode_error("initializer", e))?;
-                let stored = (read_transposed.get_or_insert_with(|| passes::read_transposed(&nodes)).contains(&t.name)
+                let stored = (read_transposed.get_or_insert_with(|| transposed_weights::read_transposed(&nodes)).contains(&t.name)
                     && transpose_raw(&mut t))
                 .then(|| {
                     transposed.insert(t.name.clone());
-                    passes::stored_name(&t.name)
+                    transposed_weights::stored_name(&t.name)
                 });
                 let value = tensor_from_proto(&t)?;
                 initializers.push((stored.unwrap_or(t.name), Arc::new(value)));
@@ -288,7 +121,7 @@ fn read_graph(w: &mut Wire<impl std::io::Read>, end: u64) -> Result<(Subgraph, u
     }
     let g = GraphProto::parse_from_bytes(&rest).map_err(|e| decode_error("graph", e))?;
     let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
-    let gemms = passes::read_as_stored(&mut nodes, &transposed, &outputs);
+    let gemms = transposed_weights::read_as_stored(&mut nodes, &transposed, &outputs);
     // The vectors grew by doubling; up to half of each is spare.
     nodes.shrink_to_fit();
     initializers.shrink_to_fit();
@@ -314,7 +147,7 @@ fn transpose_raw(t: &mut TensorProto) -> bool {
     let (head, values, tail) = unsafe { raw.align_to_mut::<f32>() };
     let aligned = head.is_empty() && tail.is_empty();
     if aligned {
-        passes::transpose_in_place(values, n, k);
+        transposed_weights::transpose_in_place(values, n, k);
         t.dims = vec![k as i64, n as i64];
     }
     t.raw_data = raw.freeze();
@@ -382,7 +215,7 @@ fn convert_node(index: usize, n: NodeProto) -> Result<Node> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return Err(wrap(err!(UnsupportedOp, "custom domain '{domain}' is not supported")));
     }
-    let mut attrs = Attrs(Vec::with_capacity(attribute.len()));
+    let mut attrs = Attrs::with_capacity(attribute.len());
     for mut a in attribute {
         let value = convert_attr(&mut a).map_err(wrap)?;
         attrs.insert(a.name, value);
@@ -520,61 +353,4 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<TensorData> {
         }
     };
     Ok(data)
-}
-
-impl Node {
-    pub fn attr(&self, name: &str) -> Option<&Attr> {
-        self.attrs.get(name)
-    }
-
-    pub fn int(&self, name: &str, default: i64) -> Result<i64> {
-        match self.attrs.get(name) {
-            None => Ok(default),
-            Some(Attr::Int(v)) => Ok(*v),
-            Some(other) => bail!(InvalidGraph, "attribute '{name}' should be an int, found {other:?}"),
-        }
-    }
-
-    pub fn float(&self, name: &str, default: f32) -> Result<f32> {
-        match self.attrs.get(name) {
-            None => Ok(default),
-            Some(Attr::Float(v)) => Ok(*v),
-            Some(Attr::Int(v)) => Ok(*v as f32),
-            Some(other) => bail!(InvalidGraph, "attribute '{name}' should be a float, found {other:?}"),
-        }
-    }
-
-    pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>> {
-        match self.attrs.get(name) {
-            None => Ok(None),
-            Some(Attr::Ints(v)) => Ok(Some(v.clone())),
-            Some(Attr::Int(v)) => Ok(Some(vec![*v])),
-            Some(other) => bail!(InvalidGraph, "attribute '{name}' should be ints, found {other:?}"),
-        }
-    }
-
-    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>> {
-        match self.attrs.get(name) {
-            None => Ok(None),
-            Some(Attr::Floats(v)) => Ok(Some(v.clone())),
-            Some(other) => bail!(InvalidGraph, "attribute '{name}' should be floats, found {other:?}"),
-        }
-    }
-
-    pub fn string(&self, name: &str, default: &str) -> Result<String> {
-        match self.attrs.get(name) {
-            None => Ok(default.to_string()),
-            Some(Attr::Str(v)) => Ok(v.clone()),
-            Some(other) => bail!(InvalidGraph, "attribute '{name}' should be a string, found {other:?}"),
-        }
-    }
-
-    /// The name of input `i`, or `None` when it is absent (missing or empty).
-    pub fn input(&self, i: usize) -> Option<&str> {
-        self.inputs.get(i).map(String::as_str).filter(|s| !s.is_empty())
-    }
-
-    pub fn error(&self, kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error::new(kind, message).at_node(&self.name, &self.op)
-    }
 }

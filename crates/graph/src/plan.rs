@@ -2,7 +2,6 @@
 //! every value in a numbered slot that is freed after its last use.
 
 use std::collections::{HashMap, HashSet};
-use std::cell::Cell;
 
 use burn_backend::{DType, TensorData};
 use burn_tensor::Device;
@@ -11,18 +10,8 @@ use crate::device::{Backend, Mode};
 use crate::error::{Result, bail, err};
 use crate::model::ElemType;
 use crate::ops::{Kernel, TypeInfo};
-use crate::passes::{Program, run_guarded};
-use crate::tensor::{Ctx, T, download, permute};
-
-thread_local! {
-    /// Host reads Kiln makes on this thread (all go through [`crate::tensor::download`]); a
-    /// forward runs on its caller's thread, so the difference around it is that forward's.
-    static HOST_READS: Cell<usize> = const { Cell::new(0) };
-}
-
-pub(crate) fn count_host_read() {
-    HOST_READS.with(|c| c.set(c.get() + 1));
-}
+use crate::passes::Program;
+use crate::tensor::{Ctx, T, download, host_reads, permute, run_guarded};
 
 struct PlanStep {
     node: String,
@@ -161,8 +150,7 @@ impl Plan {
 
     /// Downloads a forward's outputs, with the host reads made since `before`.
     fn finish(&self, (outs, before): (Vec<T>, usize)) -> Result<(Vec<TensorData>, RunStats)> {
-        let host_reads = HOST_READS.with(Cell::get) - before;
-        let stats = RunStats { host_reads, steps: self.steps.len() };
+        let stats = RunStats { host_reads: host_reads() - before, steps: self.steps.len() };
         let host = outs
             .into_iter()
             .zip(&self.outputs)
@@ -204,7 +192,7 @@ impl Plan {
     /// Runs the steps, calling `after` past each; returns the outputs on the device and the host
     /// read count from before the inputs were uploaded.
     fn forward_observed(&self, inputs: Inputs, mut after: impl FnMut(&PlanStep) -> Result<()>) -> Result<(Vec<T>, usize)> {
-        let before = HOST_READS.with(Cell::get);
+        let before = host_reads();
         let uploaded: Vec<Option<T>> = match inputs {
             Inputs::Borrowed(inputs) => {
                 self.check_inputs(inputs)?;

@@ -143,9 +143,20 @@ pub fn reshape_data(d: TensorData, shape: Vec<usize>) -> TensorData {
     TensorData::from_bytes(bytes, shape, dtype)
 }
 
+thread_local! {
+    /// Host reads Kiln makes on this thread (all go through [`download`]); a forward runs on its
+    /// caller's thread, so the difference around it is that forward's.
+    static HOST_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Host reads made on this thread so far.
+pub(crate) fn host_reads() -> usize {
+    HOST_READS.with(std::cell::Cell::get)
+}
+
 /// Device tensor to host data (blocking). Integers come back as i64, floats as f32.
 pub fn download(t: T) -> Result<TensorData> {
-    crate::plan::count_host_read();
+    HOST_READS.with(|c| c.set(c.get() + 1));
     let data = match kind(&t) {
         Kind::Float => burn_backend::try_read_sync(B::float_into_data(t)),
         Kind::Int => burn_backend::try_read_sync(B::int_into_data(t)),
@@ -261,4 +272,16 @@ pub fn axis_slice(rank: usize, axis: usize, start: usize, end: usize) -> Vec<Sli
     (0..rank)
         .map(|d| if d == axis { Slice::new(start as isize, Some(end as isize), 1) } else { Slice::new(0, None, 1) })
         .collect()
+}
+
+/// Runs backend code, turning a panic inside Burn into a typed error.
+pub(crate) fn run_guarded<R>(f: impl FnOnce() -> R) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        err!(Backend, "the backend failed: {msg}")
+    })
 }

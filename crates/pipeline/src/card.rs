@@ -274,7 +274,7 @@ impl ModelCard {
             tried.push(models_dir().join(bundled));
         }
         if self.source.url.is_some() {
-            tried.push(crate::download::cached_path(self));
+            tried.push(crate::download::cached_path(&self.name));
         } else if let Some(fixture) = &self.source.fixture {
             for dir in fixture_dirs() {
                 tried.push(dir.join(fixture).join("model.onnx"));
@@ -299,8 +299,10 @@ impl ModelCard {
     pub fn locate_or_fetch(&self) -> Result<PathBuf> {
         match self.locate() {
             Ok(p) => Ok(p),
-            Err(_) if self.source.url.is_some() => crate::download::fetch(self),
-            Err(e) => Err(e),
+            Err(e) => match &self.source.url {
+                Some(url) => crate::download::fetch(&self.name, url, self.source.sha256.as_deref()),
+                None => Err(e),
+            },
         }
     }
 

@@ -1,13 +1,13 @@
 //! Official weights by name: a card's `url` (OnnxTR's release of docTR's models) is fetched once
 //! into Kiln's cache, written through a temporary file and a rename so that an interrupted
-//! download never leaves a truncated model behind, and checked against the card's sha256.
+//! download never leaves a truncated model behind, and checked against the card's sha256. Knows
+//! models by name only; the cards call it.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::card::ModelCard;
 use crate::error::{Error, Result};
 
 /// `$KILN_CACHE/models`, else `~/.cache/kiln/models`.
@@ -15,30 +15,30 @@ pub fn cache_dir() -> PathBuf {
     kiln_graph::cache_dir().join("models")
 }
 
-/// Where a card's download lands.
-pub fn cached_path(card: &ModelCard) -> PathBuf {
-    cache_dir().join(format!("{}.onnx", card.name))
+/// Where model `name`'s download lands.
+pub fn cached_path(name: &str) -> PathBuf {
+    cache_dir().join(format!("{name}.onnx"))
 }
 
-/// Fetches the card's `url` into the cache (unless already there) and returns the file.
-pub fn fetch(card: &ModelCard) -> Result<PathBuf> {
-    let path = cached_path(card);
+/// Fetches model `name` from `url` into the cache (unless already there), checks it against the
+/// `sha256` prefix if one is given, and returns the file.
+pub fn fetch(name: &str, url: &str, sha256: Option<&str>) -> Result<PathBuf> {
+    let path = cached_path(name);
     if path.is_file() {
         return Ok(path);
     }
-    let url = card.source.url.as_deref().ok_or_else(|| Error::Card { card: card.name.clone(), reason: "no url to download from".into() })?;
     let fail = |reason: String| Error::Download {
-        card: card.name.clone(),
+        card: name.to_string(),
         url: url.to_string(),
         reason,
         hint: format!(
             "without network, download it elsewhere and pass the file (e.g. --det FILE.onnx --det-card {0}), \
              or put it at {1}",
-            card.name,
+            name,
             path.display()
         ),
     };
-    tracing::info!(card = %card.name, url, "downloading");
+    tracing::info!(card = name, url, "downloading");
     let mut response = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
     let mut body = response.body_mut().with_config().limit(2 << 30).reader();
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -63,7 +63,7 @@ pub fn fetch(card: &ModelCard) -> Result<PathBuf> {
         return Err(fail(e.to_string()));
     }
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(want) = &card.source.sha256
+    if let Some(want) = sha256
         && !digest.starts_with(&want.to_lowercase())
     {
         let _ = std::fs::remove_file(&tmp);
@@ -95,17 +95,6 @@ mod tests {
         format!("http://{addr}/model.onnx")
     }
 
-    fn card(name: &str, url: &str, sha: &str) -> ModelCard {
-        let text = format!(
-            "name = \"{name}\"\narch = \"db\"\ntask = \"detection\"\ninput = [3, 32, 32]\nmean = [0.5, 0.5, 0.5]\n\
-             std = [0.5, 0.5, 0.5]\nchannels = \"rgb\"\nactivation = \"sigmoid\"\n\
-             resize = {{ mode = \"fixed\", symmetric_pad = true }}\n\
-             postprocess = {{ bin_thresh = 0.3, box_thresh = 0.1, unclip_ratio = 1.5, morphology = \"open3\" }}\n\
-             source = {{ url = \"{url}\", sha256 = \"{sha}\" }}\n"
-        );
-        ModelCard::parse(&text, name).unwrap()
-    }
-
     #[test]
     fn download_is_checked_and_atomic() {
         let body = b"not really onnx, but bytes with a digest".to_vec();
@@ -114,16 +103,15 @@ mod tests {
         let unique = format!("kiln-download-test-{}", std::process::id());
 
         // A wrong digest: refused, and nothing is left in the cache.
-        let bad = card(&format!("{unique}-bad"), &url, "00000000");
-        let e = fetch(&bad).unwrap_err();
+        let bad = format!("{unique}-bad");
+        let e = fetch(&bad, &url, Some("00000000")).unwrap_err();
         assert!(matches!(e, Error::Download { .. }) && e.to_string().contains("sha256"), "{e}");
         assert!(!cached_path(&bad).exists());
         let leftovers = std::fs::read_dir(cache_dir()).unwrap().filter_map(|e| e.ok());
         assert!(leftovers.into_iter().all(|e| !e.file_name().to_string_lossy().starts_with(&format!("{unique}-bad"))));
 
         // The release file name's 8-digit prefix is enough.
-        let good = card(&unique, &url, &digest[..8]);
-        let path = fetch(&good).unwrap();
+        let path = fetch(&unique, &url, Some(&digest[..8])).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), body);
         std::fs::remove_file(path).unwrap();
     }
@@ -131,8 +119,8 @@ mod tests {
     #[test]
     fn offline_is_a_typed_error_that_says_how_to_pass_a_file() {
         // Nothing listens on the discard port of localhost.
-        let c = card(&format!("kiln-offline-test-{}", std::process::id()), "http://127.0.0.1:9/m.onnx", "00");
-        let e = fetch(&c).unwrap_err();
+        let name = format!("kiln-offline-test-{}", std::process::id());
+        let e = fetch(&name, "http://127.0.0.1:9/m.onnx", Some("00")).unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, Error::Download { .. }) && text.contains("--det-card") && text.contains("127.0.0.1:9"), "{text}");
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use burn_backend::ops::FloatTensorOps;
 
-use super::specialize::Value;
+use super::program::Value;
 use crate::model::{ElemType, Node};
 use crate::ops::{Kernel, TypeInfo};
 use crate::tensor::{B, Ctx, T, reshape};

@@ -18,8 +18,8 @@ const CHAIN_OPS: [&str; 5] = ["Mul", "Div", "Add", "Sub", "Where"];
 
 /// Returns how many MatMuls were marked.
 pub fn mark_attention_scores(g: &mut Subgraph, protected: &[String]) -> usize {
-    let readers = super::Readers::new(g, protected);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::new(g, protected);
+    let producer = super::rewrite::producers(g);
     let sole = |v: &str| readers.sole(v).is_some();
     // (MatMul, the operand and node of a scale to move after it)
     let mut plans: Vec<(usize, Option<(usize, usize)>)> = vec![];
@@ -117,7 +117,7 @@ mod tests {
     use burn_backend::TensorData;
 
     use super::*;
-    use crate::passes::test_node as node;
+    use crate::passes::rewrite::test_node as node;
 
     fn graph(nodes: Vec<Node>) -> Subgraph {
         let c = Arc::new(TensorData::new(vec![0.125f32], [1]));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use burn_std::tensor::{ReshapeAction, contiguous_strides, reshape_action};
 
-use super::specialize::Step;
+use super::program::Step;
 use crate::ops::Relayout;
 use crate::tensor::{axis_slice, permute, reshape, shape, slice};
 

@@ -63,7 +63,7 @@ pub fn dedupe_nodes(g: &mut Subgraph, protected: &[String]) -> usize {
         dropped[i] = true;
     }
     let removed = dropped.iter().filter(|d| **d).count();
-    super::apply(g, &dropped, vec![]);
+    super::rewrite::apply(g, &dropped, vec![]);
     removed
 }
 

@@ -27,8 +27,8 @@ pub const CONCAT_BIAS_RELU: &str = "kiln_bias_relu";
 /// Returns how many convs gave their bias and ReLU to a Concat.
 pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
     // Shape and Size read no values (FAST resizes to the size of the map it concatenates with).
-    let readers = super::Readers::excluding(g, protected, &["Shape", "Size"]);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::excluding(g, protected, &["Shape", "Size"]);
+    let producer = super::rewrite::producers(g);
     let weights: HashMap<&str, &TensorData> = g.initializers.iter().map(|(n, t)| (n.as_str(), t.as_ref())).collect();
     let relu_conv = |n: &Node| n.op == "Conv" && matches!(n.attrs.get(CONV_ACTIVATION), Some(Attr::Str(a)) if a == "Relu");
     // A 2-D conv whose ReLU can move: its output read by the Concat alone, nothing added after.
@@ -79,7 +79,7 @@ pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
         g.nodes[*ki].attrs.insert(CONCAT_BIAS_RELU.into(), Attr::Ints(carries));
     }
     let dropped = vec![false; g.nodes.len()];
-    super::apply(g, &dropped, new_inits);
+    super::rewrite::apply(g, &dropped, new_inits);
     plans.iter().map(|(_, m)| m.len()).sum()
 }
 
@@ -107,7 +107,7 @@ fn non_negative(g: &Subgraph, producer: &HashMap<&str, usize>, value: &str, dept
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::test_node as node;
+    use crate::passes::rewrite::test_node as node;
 
     fn relu_conv(name: &str, bias: Option<&str>) -> Node {
         let mut inputs = vec!["x", "w"];

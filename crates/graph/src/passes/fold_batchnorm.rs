@@ -12,8 +12,8 @@ use crate::ops::batchnorm_affine;
 
 /// Returns how many BatchNormalization nodes were folded.
 pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
-    let readers = super::Readers::new(g, protected);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::new(g, protected);
+    let producer = super::rewrite::producers(g);
     let init: HashMap<&str, &Arc<TensorData>> = g.initializers.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let floats = |name: &str| -> Option<Vec<f32>> { init.get(name)?.as_slice::<f32>().ok().map(<[f32]>::to_vec) };
 
@@ -73,7 +73,7 @@ pub fn fold_batchnorm(g: &mut Subgraph, protected: &[String]) -> usize {
         dropped[bi] = true;
         folded += 1;
     }
-    super::apply(g, &dropped, new_inits);
+    super::rewrite::apply(g, &dropped, new_inits);
     folded
 }
 

@@ -23,8 +23,8 @@ pub fn fuse_conv_residual(g: &mut Subgraph, protected: &[String]) -> usize {
 }
 
 fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
-    let readers = super::Readers::new(g, protected);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::new(g, protected);
+    let producer = super::rewrite::producers(g);
     let sole = |value: &str| readers.sole(value);
     // A Conv that can take the Add: plain (no activation, no residual yet), its output read by
     // the Add alone.
@@ -71,7 +71,7 @@ fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
         g.nodes[*ai] = conv;
         dropped[*ci] = true;
     }
-    super::apply(g, &dropped, vec![]);
+    super::rewrite::apply(g, &dropped, vec![]);
     plans.len()
 }
 
@@ -90,8 +90,8 @@ fn later_conv<'a>(a: &'a str, b: &'a str, fusable: &impl Fn(&str) -> Option<usiz
 
 /// `Conv[activation] → Add(·, r)`: the Add moves into the Conv as an addend after its activation.
 fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
-    let readers = super::Readers::new(g, protected);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::new(g, protected);
+    let producer = super::rewrite::producers(g);
     let fusable = |value: &str| -> Option<usize> {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
@@ -123,6 +123,6 @@ fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
         g.nodes[*ai] = conv;
         dropped[*ci] = true;
     }
-    super::apply(g, &dropped, vec![]);
+    super::rewrite::apply(g, &dropped, vec![]);
     plans.len()
 }

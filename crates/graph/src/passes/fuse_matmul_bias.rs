@@ -14,7 +14,7 @@ pub fn fuse_matmul_bias(g: &mut Subgraph, protected: &[String]) -> usize {
     let weights: HashMap<&str, &TensorData> =
         g.initializers.iter().filter(|(_, t)| t.dtype() == DType::F32).map(|(n, t)| (n.as_str(), t.as_ref())).collect();
     let shape = |name: &str| weights.get(name).map(|t| t.shape().as_ref());
-    let readers = super::Readers::new(g, protected);
+    let readers = super::rewrite::Readers::new(g, protected);
     // (MatMul, Add, bias name)
     let mut plans: Vec<(usize, usize, String)> = vec![];
     for (mi, mm) in g.nodes.iter().enumerate() {
@@ -42,6 +42,6 @@ pub fn fuse_matmul_bias(g: &mut Subgraph, protected: &[String]) -> usize {
         mm.outputs[0] = out;
         dropped[*ai] = true;
     }
-    super::apply(g, &dropped, vec![]);
+    super::rewrite::apply(g, &dropped, vec![]);
     plans.len()
 }

@@ -27,14 +27,14 @@ pub const CONV_CLIP: &str = "kiln_activation_bounds";
 
 /// What the matchers look up: who reads each value, and the constants by name.
 struct Index<'g> {
-    readers: super::Readers<'g>,
+    readers: super::rewrite::Readers<'g>,
     consts: HashMap<&'g str, &'g Arc<TensorData>>,
 }
 
 impl<'g> Index<'g> {
     fn new(g: &'g Subgraph, protected: &'g [String]) -> Self {
         let consts = g.initializers.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Self { readers: super::Readers::new(g, protected), consts }
+        Self { readers: super::rewrite::Readers::new(g, protected), consts }
     }
 
     /// The node consuming `value`, when it is the value's only use.
@@ -204,7 +204,7 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
         g.nodes[i] = node;
         dropped[i] = false;
     }
-    super::apply(g, &dropped, new_inits);
+    super::rewrite::apply(g, &dropped, new_inits);
     fused.conv_activation = fuse_conv_activation(g, protected);
     fused
 }
@@ -242,6 +242,6 @@ fn fuse_conv_activation(g: &mut Subgraph, protected: &[String]) -> usize {
     for (i, node) in rewrites {
         g.nodes[i] = node;
     }
-    super::apply(g, &dropped, vec![]);
+    super::rewrite::apply(g, &dropped, vec![]);
     n
 }

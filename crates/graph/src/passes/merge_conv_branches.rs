@@ -58,8 +58,8 @@ pub fn merge_conv_branches(g: &mut Subgraph, protected: &[String]) -> usize {
 const ROUND_WEIGHTS: usize = 1 << 20;
 
 fn merge_round(g: &mut Subgraph, protected: &[String]) -> usize {
-    let readers = super::Readers::new(g, protected);
-    let producer = super::producers(g);
+    let readers = super::rewrite::Readers::new(g, protected);
+    let producer = super::rewrite::producers(g);
     let init: HashMap<&str, &Arc<TensorData>> = g.initializers.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let floats = |name: &str| -> Option<Vec<f32>> { init.get(name)?.as_slice::<f32>().ok().map(<[f32]>::to_vec) };
     // A value only its one consumer reads, and that is not a graph output.
@@ -166,7 +166,7 @@ fn merge_round(g: &mut Subgraph, protected: &[String]) -> usize {
             dropped[j] = true;
         }
     }
-    super::apply(g, &dropped, new_inits);
+    super::rewrite::apply(g, &dropped, new_inits);
     count
 }
 

@@ -30,6 +30,6 @@ pub fn promote_identities(g: &mut Subgraph) -> usize {
     for &(i, _) in &promoted {
         dropped[i] = true;
     }
-    super::apply(g, &dropped, copies);
+    super::rewrite::apply(g, &dropped, copies);
     before - g.nodes.len()
 }

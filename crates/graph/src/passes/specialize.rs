@@ -11,42 +11,11 @@ use burn_backend::TensorData;
 
 use super::adaptive_pool::{self, PoolChain, Producer};
 use super::compose_relayouts;
+use super::program::{Program, Step, Value};
 use crate::error::{Error, Result, bail, err};
 use crate::model::{Attr, Node, OnnxModel, Subgraph};
-use crate::ops::{self, Input, Kernel, Lowering, Relayout, TypeInfo};
-use crate::tensor::{Ctx, download, reshape_data};
-
-/// A kernel step of a specialised program.
-pub struct Step {
-    pub node: String,
-    pub op: String,
-    /// Value names the kernel takes, in order (graph inputs, constants or earlier outputs).
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-    /// The input's shape and the layout change, when that is all the step does.
-    pub relayout: Option<(Vec<usize>, Relayout)>,
-    pub kernel: Kernel,
-}
-
-/// A graph specialised to one set of input shapes.
-pub struct Program {
-    pub inputs: Vec<(String, TypeInfo)>,
-    /// Graph output name, the value it is produced under (outputs may alias), and its type.
-    pub outputs: Vec<(String, String, TypeInfo)>,
-    pub steps: Vec<Step>,
-    /// Constants the steps or outputs use.
-    pub consts: HashMap<String, Arc<TensorData>>,
-    /// How many nodes were evaluated at compile time.
-    pub folded: usize,
-}
-
-#[derive(Clone)]
-pub(super) struct Value {
-    pub ty: TypeInfo,
-    pub konst: Option<Arc<TensorData>>,
-    /// The name the value is produced under (differs from the key for aliases).
-    pub source: String,
-}
+use crate::ops::{self, Input, Lowering, TypeInfo};
+use crate::tensor::{Ctx, download, reshape_data, run_guarded};
 
 struct Specializer<'a> {
     opset: i64,
@@ -273,14 +242,3 @@ fn empty(ty: &TypeInfo) -> TensorData {
     }
 }
 
-/// Runs backend code, turning a panic inside Burn into a typed error.
-pub(crate) fn run_guarded<R>(f: impl FnOnce() -> R) -> Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        err!(Backend, "the backend failed: {msg}")
-    })
-}

@@ -103,7 +103,42 @@ pub struct Node {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub attrs: Attrs,
+    /// What load passes folded into this node, for its lowering; never read from a file. Boxed:
+    /// few nodes carry one, and viptr_tiny has 31 000 nodes.
+    pub fused: Option<Box<Fused>>,
 }
+
+/// Work a load pass moved into a node from the nodes around it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fused {
+    /// Conv, ConvTranspose: the activation that read its output.
+    pub activation: Option<Activation>,
+    /// Conv: an `Add` of its output and input 3, before the activation or after it.
+    pub shortcut: Option<Shortcut>,
+    /// Conv: its bias and ReLU are left to the channel `Concat` that reads it.
+    pub epilogue_in_concat: bool,
+    /// Concat: the data inputs whose convs left it their bias and ReLU; the biases follow the
+    /// data inputs, in this order.
+    pub bias_relu_of: Vec<usize>,
+    /// MatMul: attention scores (`Q · Kᵀ`), which feed a softmax.
+    pub attention_scores: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    HardSwish,
+    Clip(f32, f32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortcut {
+    BeforeActivation,
+    AfterActivation,
+}
+
+static NOT_FUSED: Fused =
+    Fused { activation: None, shortcut: None, epilogue_in_concat: false, bias_relu_of: Vec::new(), attention_scores: false };
 
 /// A node's attributes, in a vector: nodes carry one to three, and a hash map's table per node
 /// cost viptr_tiny's 31 000 nodes megabytes at load for lookups that scan three entries anyway.
@@ -181,6 +216,15 @@ pub struct OnnxModel {
 }
 
 impl Node {
+    /// What load passes folded into this node (nothing for most).
+    pub fn fused(&self) -> &Fused {
+        self.fused.as_deref().unwrap_or(&NOT_FUSED)
+    }
+
+    pub fn fused_mut(&mut self) -> &mut Fused {
+        self.fused.get_or_insert_with(Default::default)
+    }
+
     pub fn attr(&self, name: &str) -> Option<&Attr> {
         self.attrs.get(name)
     }

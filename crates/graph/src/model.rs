@@ -220,7 +220,7 @@ fn convert_node(index: usize, n: NodeProto) -> Result<Node> {
         let value = convert_attr(&mut a).map_err(wrap)?;
         attrs.insert(a.name, value);
     }
-    Ok(Node { name, op: op_type, inputs: input, outputs: output, attrs })
+    Ok(Node { name, op: op_type, inputs: input, outputs: output, attrs, fused: None })
 }
 
 fn convert_attr(a: &mut AttributeProto) -> Result<Attr> {

@@ -76,7 +76,7 @@ impl Plan {
             let t = if channels_last.contains(name.as_str()) {
                 let t = run_guarded(|| ctx.upload(&to_channels_last(data)))?;
                 permute(t, &[0, 3, 1, 2])
-            } else if !backend.fuses() && name.contains(crate::ops::CUBECL_ONLY) {
+            } else if !backend.fuses() && program.cubecl_only.contains(name) {
                 run_guarded(|| ctx.upload(&TensorData::new(Vec::<f32>::new(), [0])))?
             } else {
                 run_guarded(|| ctx.upload(data))?

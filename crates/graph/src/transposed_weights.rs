@@ -54,6 +54,7 @@ pub(crate) fn read_as_stored(nodes: &mut Vec<Node>, transposed: &HashSet<String>
             inputs: vec![stored_name(w)],
             outputs: vec![w.clone()],
             attrs: [("perm".to_owned(), Attr::Ints(vec![1, 0]))].into_iter().collect(),
+            fused: None,
         })
         .collect();
     nodes.splice(0..0, back);
@@ -123,6 +124,7 @@ mod tests {
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: vec![format!("{op}_out")],
             attrs: [("transB".to_owned(), Attr::Int(trans_b))].into_iter().collect(),
+            fused: None,
         };
         let nodes = vec![node("Gemm", &["x", "w", "b"], 1), node("Gemm", &["x", "v"], 0)];
         assert_eq!(read_transposed(&nodes), HashSet::from(["w".to_owned()]));

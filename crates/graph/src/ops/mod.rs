@@ -81,9 +81,6 @@ pub enum Relayout {
     Select { axis: usize, index: usize, out: Vec<usize> },
 }
 
-/// Marks the name of a constant that only the CubeCL backends upload ([`Lowered::cubecl_only`]).
-pub const CUBECL_ONLY: &str = "::cubecl";
-
 /// The result of lowering a node.
 pub enum Lowering {
     Kernel(Lowered),

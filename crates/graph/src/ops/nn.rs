@@ -14,8 +14,8 @@ use super::{
 use super::cpu_kernels::{self, ConvGeometry, Epilogue};
 use super::subpixel;
 use crate::error::{Result, bail, err};
-use crate::model::{Attr, ElemType, Node};
-use crate::passes;
+use crate::model::{ElemType, Node};
+use crate::ir::{Activation, Shortcut};
 use crate::tensor::{B, T, expand, is_flex, permute, reshape, shape, slice, to_rank};
 
 pub const OPS: &[&str] = &[
@@ -200,9 +200,10 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         uses.push(2);
     }
     // A shortcut a load pass folded in (`passes::fuse_conv_residual`), added before the epilogue
-    // or, marked `kiln_add_after`, after it; the output takes its shape where it broadcasts wider.
-    let after = node.attrs.contains_key(passes::CONV_ADD_AFTER);
-    let marked = after || node.attrs.contains_key(passes::CONV_RESIDUAL);
+    // or after it; the output takes its shape where it broadcasts wider.
+    let shortcut = node.fused().shortcut;
+    let after = shortcut == Some(Shortcut::AfterActivation);
+    let marked = shortcut.is_some();
     let residual = marked.then(|| opt_input(inputs, 3)).flatten();
     if marked && residual.is_none() {
         bail!(InvalidGraph, "Conv marked with a residual has no fourth input");
@@ -219,7 +220,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
         uses.push(3);
     }
     let one_d = win.one_d;
-    let epilogue = conv_epilogue(node)?;
+    let epilogue = conv_epilogue(node);
     let geometry = ConvGeometry {
         input: [x4[0], x4[1], x4[2], x4[3]],
         output: [out4[0], out4[1], out4[2], out4[3]],
@@ -232,7 +233,7 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let pointwise = groups == 1 && w4[2..] == [1, 1] && win.stride == [1, 1] && win.pads == [(0, 0); 2];
     let packed = w.konst.is_some().then(cpu_kernels::PackedWeights::default);
     let has_bias = bias.is_some();
-    let in_concat = node.attrs.contains_key(passes::CONV_EPILOGUE_IN_CONCAT);
+    let in_concat = node.fused().epilogue_in_concat;
     kernel(vec![TypeInfo::new(ElemType::F32, out)], uses, move |ctx, mut v| {
         let mut r = has_residual.then(|| v.pop().expect("the residual input"));
         let mut b = has_bias.then(|| v.remove(2));
@@ -280,18 +281,13 @@ fn lower_conv(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     })
 }
 
-/// The activation a load pass folded into this Conv (`passes::CONV_ACTIVATION`).
-fn conv_epilogue(node: &Node) -> Result<Option<Epilogue>> {
-    let Some(Attr::Str(op)) = node.attrs.get(passes::CONV_ACTIVATION) else { return Ok(None) };
-    Ok(Some(match op.as_str() {
-        "Relu" => Epilogue::Relu,
-        "HardSwish" => Epilogue::HardSwish,
-        "Clip" => match node.attrs.get(passes::CONV_CLIP) {
-            Some(Attr::Floats(b)) if b.len() == 2 => Epilogue::Clip(b[0], b[1]),
-            _ => bail!(UnsupportedAttribute, "Conv epilogue Clip without bounds"),
-        },
-        other => bail!(UnsupportedAttribute, "Conv epilogue {other}"),
-    }))
+/// The activation a load pass folded into this conv (`passes::fuse_patterns`).
+fn conv_epilogue(node: &Node) -> Option<Epilogue> {
+    node.fused().activation.map(|a| match a {
+        Activation::Relu => Epilogue::Relu,
+        Activation::HardSwish => Epilogue::HardSwish,
+        Activation::Clip(lo, hi) => Epilogue::Clip(lo, hi),
+    })
 }
 
 fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
@@ -334,7 +330,7 @@ fn lower_conv_transpose(node: &Node, inputs: &[Option<Input>]) -> Result<Lowerin
     if bias.is_some() {
         uses.push(2);
     }
-    let epilogue = conv_epilogue(node)?;
+    let epilogue = conv_epilogue(node);
     let geometry = ConvGeometry {
         input: [xs[0], xs[1], xs[2], xs[3]],
         output: [out[0], out[1], out[2], out[3]],
@@ -787,7 +783,7 @@ fn lower_matmul(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
     let rank = ea.len();
     // Attention scores (`passes::mark_attention_scores`): viewed as rows and back, which ends
     // the matmul's fused block, so the element-wise ops after it open the softmax's.
-    let scores = node.attrs.contains_key(passes::MATMUL_SCORES).then(|| [out.iter().product::<usize>() / n.max(1), n]);
+    let scores = node.fused().attention_scores.then(|| [out.iter().product::<usize>() / n.max(1), n]);
     kernel_with(vec![TypeInfo::new(ElemType::F32, out)], vec![0, 1], bias, move |_, mut v| {
         let c = has_bias.then(|| v.pop().expect("the bias"));
         let b = expand(to_rank(reshape(v.remove(1), &b2), rank), &eb);

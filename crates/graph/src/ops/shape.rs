@@ -10,7 +10,6 @@ use super::{
 };
 use crate::error::{Result, bail, err};
 use crate::model::{Attr, ElemType, Node};
-use crate::passes;
 use crate::tensor::{B, Ctx, Kind, T, by_kind, cat, expand, flip, gather, is_flex, kind, reshape, select, slice, to_rank};
 
 pub const OPS: &[&str] = &[
@@ -295,8 +294,9 @@ fn lower_range(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
 }
 
 fn lower_concat(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
-    if let Some(carriers) = node.ints(passes::CONCAT_BIAS_RELU)? {
-        return lower_concat_bias_relu(node, inputs, &carriers);
+    let carriers = &node.fused().bias_relu_of;
+    if !carriers.is_empty() {
+        return lower_concat_bias_relu(node, inputs, carriers);
     }
     let present: Vec<(usize, Input)> =
         inputs.iter().enumerate().filter_map(|(i, x)| x.map(|x| (i, x))).collect();
@@ -330,10 +330,10 @@ fn lower_concat(node: &Node, inputs: &[Option<Input>]) -> Result<Lowering> {
 /// (`passes::defer_concat_relu`): their biases follow the data inputs. On flex the convs applied
 /// them already; elsewhere the Concat adds every bias, padded by zeros to all its channels, and
 /// applies the ReLU, which leaves the other (non-negative) inputs as they were.
-fn lower_concat_bias_relu(node: &Node, inputs: &[Option<Input>], carriers: &[i64]) -> Result<Lowering> {
+fn lower_concat_bias_relu(node: &Node, inputs: &[Option<Input>], carriers: &[usize]) -> Result<Lowering> {
     let data = inputs.len().checked_sub(carriers.len()).filter(|&n| n > 0);
-    let Some(n) = data.filter(|&n| inputs.iter().all(Option::is_some) && carriers.iter().all(|&i| (0..n as i64).contains(&i))) else {
-        bail!(InvalidGraph, "Concat {} carries biases for inputs {carriers:?} of {}", passes::CONCAT_BIAS_RELU, inputs.len());
+    let Some(n) = data.filter(|&n| inputs.iter().all(Option::is_some) && carriers.iter().all(|&i| i < n)) else {
+        bail!(InvalidGraph, "Concat carries biases for inputs {carriers:?} of {}", inputs.len());
     };
     let xs: Vec<&TypeInfo> = inputs[..n].iter().flatten().map(|x| x.ty).collect();
     let (first, channels) = (xs[0], xs.iter().map(|t| t.shape.get(1).copied().unwrap_or(0)).sum::<usize>());
@@ -347,7 +347,6 @@ fn lower_concat_bias_relu(node: &Node, inputs: &[Option<Input>], carriers: &[i64
     }));
     let mut bias = vec![0f32; channels];
     for (k, &i) in carriers.iter().enumerate() {
-        let i = i as usize;
         let values = super::const_floats(inputs[n + k].expect("checked present"), "Concat conv bias")?;
         if values.len() != xs[i].shape[1] {
             bail!(ShapeMismatch, "conv bias of {} values for an input of {} channels", values.len(), xs[i].shape[1]);

@@ -4,15 +4,12 @@
 //! element-wise op, and its matmul fuser takes every element-wise op after a matmul: the scale
 //! joined the matmul and the softmax's leading max-reduction then opened a block of its own,
 //! which left the softmax as four kernels. The marked MatMul ends its block with a view
-//! (`MATMUL_SCORES`), so the scale opens the softmax's block instead. A scale applied to the
+//! ([`Fused::attention_scores`](crate::ir::Fused)), so the scale opens the softmax's block instead. A scale applied to the
 //! query before the product (ViPTR's `(q·s)·kᵀ`) moves after it, where it can do that.
 
 use std::collections::HashMap;
 
 use crate::model::{Attr, Node, Subgraph};
-
-/// Kiln's MatMul attribute: the output is attention scores on their way to a Softmax.
-pub const MATMUL_SCORES: &str = "kiln_scores";
 
 const CHAIN_OPS: [&str; 5] = ["Mul", "Div", "Add", "Sub", "Where"];
 
@@ -39,7 +36,7 @@ pub fn mark_attention_scores(g: &mut Subgraph, protected: &[String]) -> usize {
     // The moved scales: (the product they now follow, their place before it).
     let mut moves: Vec<(usize, usize)> = vec![];
     for &(mi, scale) in &plans {
-        g.nodes[mi].attrs.insert(MATMUL_SCORES.into(), Attr::Int(1));
+        g.nodes[mi].fused_mut().attention_scores = true;
         let Some((k, si)) = scale else { continue };
         let scores = g.nodes[mi].outputs[0].clone();
         let scaled = format!("{}::scaled", g.nodes[mi].name);
@@ -91,7 +88,7 @@ fn scores_source(g: &Subgraph, producer: &HashMap<&str, usize>, sole: &impl Fn(&
         return None;
     }
     if n.op == "MatMul" {
-        return (!n.attrs.contains_key(MATMUL_SCORES) && n.inputs.len() == 2).then_some((p, 0));
+        return (!n.fused().attention_scores && n.inputs.len() == 2).then_some((p, 0));
     }
     if depth == 0 || !CHAIN_OPS.contains(&n.op.as_str()) {
         return None;
@@ -132,7 +129,7 @@ mod tests {
     fn a_scaled_product_before_a_softmax_is_marked() {
         let mut g = graph(vec![node("mm", "MatMul", &["q", "k"], &[]), node("d", "Div", &["mm_out", "c"], &[]), softmax("d_out")]);
         assert_eq!(mark_attention_scores(&mut g, &[]), 1);
-        assert!(g.nodes[0].attrs.contains_key(MATMUL_SCORES));
+        assert!(g.nodes[0].fused().attention_scores);
     }
 
     #[test]

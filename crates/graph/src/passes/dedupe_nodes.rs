@@ -83,6 +83,9 @@ fn key(n: &Node, k: &mut String) -> bool {
     for (name, a) in attrs {
         let _ = write!(k, ";{name}={a:?}");
     }
+    if let Some(f) = &n.fused {
+        let _ = write!(k, ";fused={f:?}");
+    }
     true
 }
 
@@ -111,6 +114,7 @@ mod tests {
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             attrs: Attrs::new(),
+            fused: None,
         }
     }
 

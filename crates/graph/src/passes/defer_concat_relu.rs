@@ -4,25 +4,17 @@
 //! padded by zeros, is exact. Burn's element-wise fuser starts a block at a Concat and takes the
 //! ops after it, never those before, so on the fusing GPU backends the conv's bias and ReLU stop
 //! costing a kernel of their own. The CPU conv keeps them in its epilogue, where they are free:
-//! the conv is marked (`kiln_epilogue_in_concat`) and the Concat takes the biases as extra inputs
-//! (`kiln_bias_relu`: which data inputs they belong to), and each backend picks its route.
+//! the conv is marked ([`Fused::epilogue_in_concat`](crate::ir::Fused)) and the Concat takes the
+//! biases as extra inputs (`Fused::bias_relu_of`: which data inputs they belong to), and each
+//! backend picks its route.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn_backend::TensorData;
 
-use crate::model::{Attr, Node, Subgraph};
-
-use super::{CONV_ACTIVATION, CONV_ADD_AFTER, CONV_RESIDUAL};
-
-/// Kiln's Conv attribute: on the CubeCL backends the Concat after it adds its bias and applies
-/// its ReLU.
-pub const CONV_EPILOGUE_IN_CONCAT: &str = "kiln_epilogue_in_concat";
-
-/// Kiln's Concat attribute: the indices of the data inputs whose bias and ReLU it applies; their
-/// biases follow the data inputs, in this order.
-pub const CONCAT_BIAS_RELU: &str = "kiln_bias_relu";
+use crate::ir::{Activation, Shortcut};
+use crate::model::{Node, Subgraph};
 
 /// Returns how many convs gave their bias and ReLU to a Concat.
 pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
@@ -30,13 +22,13 @@ pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
     let readers = super::rewrite::Readers::excluding(g, protected, &["Shape", "Size"]);
     let producer = super::rewrite::producers(g);
     let weights: HashMap<&str, &TensorData> = g.initializers.iter().map(|(n, t)| (n.as_str(), t.as_ref())).collect();
-    let relu_conv = |n: &Node| n.op == "Conv" && matches!(n.attrs.get(CONV_ACTIVATION), Some(Attr::Str(a)) if a == "Relu");
+    let relu_conv = |n: &Node| n.op == "Conv" && n.fused().activation == Some(Activation::Relu);
     // A 2-D conv whose ReLU can move: its output read by the Concat alone, nothing added after.
     let movable = |value: &str| -> Option<usize> {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
         let sole = readers.sole(value).is_some();
-        let plain = !conv.attrs.contains_key(CONV_RESIDUAL) && !conv.attrs.contains_key(CONV_ADD_AFTER);
+        let plain = conv.fused().shortcut.is_none();
         let rank4 = weights.get(conv.inputs.get(1)?.as_str()).is_some_and(|w| w.shape().len() == 4);
         (relu_conv(conv) && plain && sole && rank4 && conv.outputs.len() == 1).then_some(ci)
     };
@@ -72,11 +64,11 @@ pub fn defer_concat_relu(g: &mut Subgraph, protected: &[String]) -> usize {
                     name
                 }
             };
-            conv.attrs.insert(CONV_EPILOGUE_IN_CONCAT.into(), Attr::Int(1));
-            carries.push(i as i64);
+            conv.fused_mut().epilogue_in_concat = true;
+            carries.push(i);
             g.nodes[*ki].inputs.push(bias);
         }
-        g.nodes[*ki].attrs.insert(CONCAT_BIAS_RELU.into(), Attr::Ints(carries));
+        g.nodes[*ki].fused_mut().bias_relu_of = carries;
     }
     let dropped = vec![false; g.nodes.len()];
     super::rewrite::apply(g, &dropped, new_inits);
@@ -92,7 +84,7 @@ fn non_negative(g: &Subgraph, producer: &HashMap<&str, usize>, value: &str, dept
     match n.op.as_str() {
         "Relu" => true,
         "Conv" => {
-            matches!(n.attrs.get(CONV_ACTIVATION), Some(Attr::Str(a)) if a == "Relu") && !n.attrs.contains_key(CONV_ADD_AFTER)
+            n.fused().activation == Some(Activation::Relu) && n.fused().shortcut != Some(Shortcut::AfterActivation)
         }
         "Resize" => {
             let mode = n.string("mode", "nearest").unwrap_or_default();
@@ -107,12 +99,15 @@ fn non_negative(g: &Subgraph, producer: &HashMap<&str, usize>, value: &str, dept
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Attr;
     use crate::passes::rewrite::test_node as node;
 
     fn relu_conv(name: &str, bias: Option<&str>) -> Node {
         let mut inputs = vec!["x", "w"];
         inputs.extend(bias);
-        node(name, "Conv", &inputs, &[(CONV_ACTIVATION, Attr::Str("Relu".into()))])
+        let mut conv = node(name, "Conv", &inputs, &[]);
+        conv.fused_mut().activation = Some(Activation::Relu);
+        conv
     }
 
     fn graph(nodes: Vec<Node>) -> Subgraph {
@@ -131,11 +126,11 @@ mod tests {
             node("size", "Shape", &["c0_out"], &[]),
         ]);
         assert_eq!(defer_concat_relu(&mut g, &["cat_out".into()]), 1, "a Shape reads no values");
-        assert!(g.nodes[0].attrs.contains_key(CONV_EPILOGUE_IN_CONCAT));
-        assert!(!g.nodes[1].attrs.contains_key(CONV_EPILOGUE_IN_CONCAT));
+        assert!(g.nodes[0].fused().epilogue_in_concat);
+        assert!(!g.nodes[1].fused().epilogue_in_concat);
         let cat = &g.nodes[3];
         assert_eq!(cat.inputs, ["c0_out", "up_out", "b"]);
-        assert!(matches!(cat.attrs.get(CONCAT_BIAS_RELU), Some(Attr::Ints(i)) if i == &[0]));
+        assert_eq!(cat.fused().bias_relu_of, [0]);
     }
 
     #[test]

@@ -1,21 +1,13 @@
 //! Folds a residual connection into the Conv before it: `Conv → Add(·, r) [→ Relu]` becomes the
-//! Conv with `r` as a fourth input (attribute `kiln_residual`) and the Relu as its epilogue, so
+//! Conv with `r` as a fourth input ([`Shortcut::BeforeActivation`]) and the Relu as its epilogue, so
 //! the CPU kernel adds the shortcut while the output tile is still in registers instead of making
 //! two more passes over the map (ResNet's blocks end this way). `Conv → Activation → Add(·, r)`
 //! (LinkNet's decoders) becomes the Conv with `r` as a fourth input added after the activation
-//! (attribute `kiln_add_after`): on the fusing GPU backends a 1×1 conv then adds it inside its
+//! ([`Shortcut::AfterActivation`]): on the fusing GPU backends a 1×1 conv then adds it inside its
 //! matmul's epilogue instead of in a kernel of its own.
 
-
-use crate::model::{Attr, Subgraph};
-
-use super::CONV_ACTIVATION;
-
-/// Kiln's Conv attribute: input 3 is added to the output before the activation.
-pub const CONV_RESIDUAL: &str = "kiln_residual";
-
-/// Kiln's Conv attribute: input 3 is added to the output after the activation.
-pub const CONV_ADD_AFTER: &str = "kiln_add_after";
+use crate::ir::{Activation, Shortcut};
+use crate::model::Subgraph;
 
 /// Returns how many Adds were folded.
 pub fn fuse_conv_residual(g: &mut Subgraph, protected: &[String]) -> usize {
@@ -31,7 +23,7 @@ fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
     let fusable = |value: &str| -> Option<usize> {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
-        (conv.op == "Conv" && conv.outputs.len() == 1 && !conv.attrs.contains_key(CONV_ACTIVATION) && !conv.attrs.contains_key(CONV_RESIDUAL) && sole(value).is_some())
+        (conv.op == "Conv" && conv.outputs.len() == 1 && conv.fused().activation.is_none() && conv.fused().shortcut.is_none() && sole(value).is_some())
             .then_some(ci)
     };
     // (Conv, Add, the other operand, Relu after the Add)
@@ -63,9 +55,10 @@ fn fold_residuals(g: &mut Subgraph, protected: &[String]) -> usize {
         let mut conv = g.nodes[*ci].clone();
         conv.inputs.resize(3, String::new());
         conv.inputs.push(other.clone());
-        conv.attrs.insert(CONV_RESIDUAL.into(), Attr::Int(1));
+        let fused = conv.fused_mut();
+        fused.shortcut = Some(Shortcut::BeforeActivation);
         if relu.is_some() {
-            conv.attrs.insert(CONV_ACTIVATION.into(), Attr::Str("Relu".into()));
+            fused.activation = Some(Activation::Relu);
         }
         conv.outputs[0] = out;
         g.nodes[*ai] = conv;
@@ -96,7 +89,7 @@ fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
         let ci = *producer.get(value)?;
         let conv = &g.nodes[ci];
         let sole = readers.sole(value).is_some();
-        (conv.op == "Conv" && conv.outputs.len() == 1 && sole && conv.attrs.contains_key(CONV_ACTIVATION) && !conv.attrs.contains_key(CONV_RESIDUAL))
+        (conv.op == "Conv" && conv.outputs.len() == 1 && sole && conv.fused().activation.is_some() && conv.fused().shortcut.is_none())
             .then_some(ci)
     };
     let mut plans: Vec<(usize, usize, String)> = vec![];
@@ -118,7 +111,7 @@ fn fold_adds_after(g: &mut Subgraph, protected: &[String]) -> usize {
         let mut conv = g.nodes[*ci].clone();
         conv.inputs.resize(3, String::new());
         conv.inputs.push(other.clone());
-        conv.attrs.insert(CONV_ADD_AFTER.into(), Attr::Int(1));
+        conv.fused_mut().shortcut = Some(Shortcut::AfterActivation);
         conv.outputs[0] = g.nodes[*ai].outputs[0].clone();
         g.nodes[*ai] = conv;
         dropped[*ci] = true;

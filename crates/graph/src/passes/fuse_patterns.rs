@@ -4,14 +4,15 @@
 //! - `Conv → Mul(scale) → Add(shift)` with constant scale and shift (PP-LCNet's learnable affine
 //!   blocks) → the Conv, its weights scaled and bias shifted per output channel;
 //! - `Conv | ConvTranspose → Relu | HardSwish | Clip(lo, hi)` → the conv with the activation as its epilogue
-//!   (attribute `kiln_activation`), so the CPU kernel applies it while the output tile is hot.
+//!   ([`Fused::activation`](crate::ir::Fused)), so the CPU kernel applies it while the output tile is hot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn_backend::TensorData;
 
-use crate::model::{Attr, Attrs, Node, Subgraph};
+use crate::ir::Activation;
+use crate::model::{Attrs, Node, Subgraph};
 
 /// Counts of what was rewritten.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,10 +21,6 @@ pub struct Fused {
     pub conv_affine: usize,
     pub conv_activation: usize,
 }
-
-/// Kiln's own Conv attributes: the activation applied to its output, and Clip's bounds.
-pub const CONV_ACTIVATION: &str = "kiln_activation";
-pub const CONV_CLIP: &str = "kiln_activation_bounds";
 
 /// What the matchers look up: who reads each value, and the constants by name.
 struct Index<'g> {
@@ -140,7 +137,7 @@ pub fn fuse_patterns(g: &mut Subgraph, protected: &[String]) -> Fused {
             let l = &g.nodes[last];
             rewrites.push((
                 last,
-                Node { name: l.name.clone(), op: "HardSwish".into(), inputs: vec![x], outputs: l.outputs.clone(), attrs: Attrs::new() },
+                Node { name: l.name.clone(), op: "HardSwish".into(), inputs: vec![x], outputs: l.outputs.clone(), attrs: Attrs::new(), fused: None },
             ));
             for j in [add, clip, mul] {
                 dropped[j] = true;
@@ -215,25 +212,24 @@ fn fuse_conv_activation(g: &mut Subgraph, protected: &[String]) -> usize {
     let mut dropped = vec![false; g.nodes.len()];
     let mut rewrites: Vec<(usize, Node)> = vec![];
     for (ci, conv) in g.nodes.iter().enumerate() {
-        if !matches!(conv.op.as_str(), "Conv" | "ConvTranspose") || conv.attrs.contains_key(CONV_ACTIVATION) {
+        if !matches!(conv.op.as_str(), "Conv" | "ConvTranspose") || conv.fused().activation.is_some() {
             continue;
         }
         let Some((ai, act)) = ix.sole_consumer(g, &conv.outputs[0]) else { continue };
         if dropped[ai] || act.inputs.first() != Some(&conv.outputs[0]) {
             continue;
         }
-        let mut folded = conv.clone();
-        match act.op.as_str() {
-            "Relu" | "HardSwish" => {}
+        let activation = match act.op.as_str() {
+            "Relu" => Activation::Relu,
+            "HardSwish" => Activation::HardSwish,
             "Clip" => match clip_bounds(&ix, act) {
-                Some((lo, hi)) => {
-                    folded.attrs.insert(CONV_CLIP.into(), Attr::Floats(vec![lo, hi]));
-                }
+                Some((lo, hi)) => Activation::Clip(lo, hi),
                 None => continue,
             },
             _ => continue,
-        }
-        folded.attrs.insert(CONV_ACTIVATION.into(), Attr::Str(act.op.clone()));
+        };
+        let mut folded = conv.clone();
+        folded.fused_mut().activation = Some(activation);
         folded.outputs[0] = act.outputs[0].clone();
         rewrites.push((ci, folded));
         dropped[ai] = true;

@@ -17,13 +17,13 @@ mod program;
 mod specialize;
 mod transpose_gemm_weights;
 
-pub use attention_scores::{MATMUL_SCORES, mark_attention_scores};
+pub use attention_scores::mark_attention_scores;
 pub use dedupe_nodes::dedupe_nodes;
-pub use defer_concat_relu::{CONCAT_BIAS_RELU, CONV_EPILOGUE_IN_CONCAT, defer_concat_relu};
+pub use defer_concat_relu::defer_concat_relu;
 pub use fold_batchnorm::fold_batchnorm;
-pub use fuse_conv_residual::{CONV_ADD_AFTER, CONV_RESIDUAL, fuse_conv_residual};
+pub use fuse_conv_residual::fuse_conv_residual;
 pub use fuse_matmul_bias::fuse_matmul_bias;
-pub use fuse_patterns::{CONV_ACTIVATION, CONV_CLIP, fuse_patterns};
+pub use fuse_patterns::fuse_patterns;
 pub use merge_conv_branches::merge_conv_branches;
 pub use promote_identities::promote_identities;
 pub use prune::prune_initializers;

@@ -1,7 +1,7 @@
 //! What specialisation makes of a graph: a program of kernel steps for one set of input shapes,
 //! shared by the specialiser and the rewrites it calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use burn_backend::TensorData;
@@ -28,6 +28,9 @@ pub struct Program {
     pub steps: Vec<Step>,
     /// Constants the steps or outputs use.
     pub consts: HashMap<String, Arc<TensorData>>,
+    /// The constants only the CubeCL backends read ([`crate::ops::Lowered::cubecl_only`]); the
+    /// others upload an empty stand-in.
+    pub cubecl_only: HashSet<String>,
     /// How many nodes were evaluated at compile time.
     pub folded: usize,
 }

@@ -63,5 +63,6 @@ pub(crate) fn test_node(name: &str, op: &str, inputs: &[&str], attrs: &[(&str, c
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
         outputs: vec![format!("{name}_out")],
         attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        fused: None,
     }
 }

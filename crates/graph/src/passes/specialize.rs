@@ -26,6 +26,8 @@ struct Specializer<'a> {
     /// What the adaptive-pool matcher needs: producers of its ops, and the chains found so far.
     producers: HashMap<String, Producer>,
     pools: HashMap<String, PoolChain>,
+    /// Constants only the CubeCL backends read.
+    cubecl_only: HashSet<String>,
 }
 
 pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &Ctx) -> Result<Program> {
@@ -37,6 +39,7 @@ pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &C
         fold_ctx,
         producers: HashMap::new(),
         pools: HashMap::new(),
+        cubecl_only: HashSet::new(),
     };
     for (name, ty) in inputs {
         s.env.insert(name.clone(), Value { ty: ty.clone(), konst: None, source: name.clone() });
@@ -72,7 +75,8 @@ pub fn specialize(model: &OnnxModel, inputs: &[(String, TypeInfo)], fold_ctx: &C
             consts.insert(name.clone(), k.clone());
         }
     }
-    Ok(Program { inputs: inputs.to_vec(), outputs, steps: kept, consts, folded: s.folded })
+    let cubecl_only = s.cubecl_only.into_iter().filter(|n| consts.contains_key(n)).collect();
+    Ok(Program { inputs: inputs.to_vec(), outputs, steps: kept, consts, cubecl_only, folded: s.folded })
 }
 
 impl Specializer<'_> {
@@ -161,8 +165,11 @@ impl Specializer<'_> {
                 } else {
                     let mut names: Vec<String> = l.uses.iter().map(|&i| values[i].as_ref().unwrap().source.clone()).collect();
                     for (k, e) in l.extra.into_iter().enumerate() {
-                        let kind = if l.cubecl_only { crate::ops::CUBECL_ONLY } else { "::const" };
+                        let kind = if l.cubecl_only { "::cubecl" } else { "::const" };
                         let name = format!("{}{kind}{k}", node.name);
+                        if l.cubecl_only {
+                            self.cubecl_only.insert(name.clone());
+                        }
                         self.define_const(&name, e);
                         names.push(name);
                     }

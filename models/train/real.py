@@ -24,7 +24,7 @@ MAX_LEN = 24
 
 
 class RealPages:
-    def __init__(self, root: Path, rng, cache_pages=64):
+    def __init__(self, root: Path, rng, cache_pages=64, scan=0.0):
         self.root = Path(root)
         index = json.loads((self.root / "index.json").read_text())
         self.names = index["pages"]
@@ -34,6 +34,8 @@ class RealPages:
         self.cache = OrderedDict()
         self.cache_pages = cache_pages
         self.texts = None
+        # The fraction of word crops cut from a scan-like copy of the region around the word.
+        self.scan = scan
 
     def page(self, name):
         """(RGB image, words) of a page; the most recently used pages stay decoded."""
@@ -77,6 +79,8 @@ class RealPages:
         m = lambda lo, hi: rng.uniform(lo, hi) * em  # noqa: E731
         left, right = x0 - m(-0.03, 0.4), x1 + m(-0.03, 0.4)
         top, bottom = y0 - m(-0.03, 0.25), y1 + m(-0.03, 0.25)
+        if self.scan and rng.random() < self.scan:
+            return scan_crop(rng, img, (left, top, right, bottom), em)
         if rng.random() < 0.2:
             # A slightly turned box: cut a larger region, turn it, keep the centre.
             angle = rng.uniform(-2.5, 2.5)
@@ -101,6 +105,30 @@ class RealPages:
         if rng.random() < 0.3:
             img, polys = synth.rotate(img, polys, rng.uniform(-3, 3), bg)
         return img, polys, texts
+
+
+def scan_crop(rng, img, box, em):
+    """The box cut from a printed-and-scanned copy of the region around it, as
+    corpus.scan_like makes whole pages: the region turned 1-3 degrees about the box's centre
+    (the detector's straight box around a skewed word), blurred, faded, tinted, dimmed, noisy,
+    then JPEG at quality 40-60. Every effect at once, as on a scan."""
+    left, top, right, bottom = (int(v) for v in box)
+    pad = int(2 * em) + 4
+    region = img.crop((left - pad, top - pad, max(right, left + 1) + pad, max(bottom, top + 1) + pad))
+    angle = rng.uniform(1.0, 3.0) * rng.choice((-1, 1))
+    region = region.rotate(angle, resample=Image.BICUBIC, fillcolor=(255, 255, 255))
+    region = region.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 0.9)))
+    arr = np.asarray(region).astype(np.float32) / 255.0
+    arr = 1.0 - (1.0 - arr) * rng.uniform(0.75, 0.95)
+    tint = np.array([rng.uniform(0.88, 1.0), rng.uniform(0.86, 0.98), rng.uniform(0.78, 0.95)], np.float32)
+    arr = arr * tint * rng.uniform(0.75, 1.0)
+    noise = np.random.default_rng(rng.getrandbits(64)).normal(0, rng.uniform(0.02, 0.04), arr.shape[:2])
+    arr = arr + noise[:, :, None].astype(np.float32)
+    region = Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8))
+    crop = region.crop((pad, pad, region.width - pad, region.height - pad))
+    buf = io.BytesIO()
+    crop.save(buf, "JPEG", quality=rng.randint(40, 60))
+    return np.array(Image.open(buf).convert("RGB"), dtype=np.uint8)
 
 
 def readable(word):

@@ -115,7 +115,7 @@ class Data:
     """Seeded batches for one task, preprocessed as docTR's predictors preprocess at inference
     (doctr.transforms.Resize with the predictor's padding, /255, the model's mean and std)."""
 
-    def __init__(self, task, seed, cfg, det_size, det_crop, fonts, corpus=None, real_fraction=0.0):
+    def __init__(self, task, seed, cfg, det_size, det_crop, fonts, corpus=None, real_fraction=0.0, scan_crops=0.0):
         from doctr.transforms import Resize
         from torchvision.transforms import Normalize
 
@@ -127,7 +127,7 @@ class Data:
         self.det_size, self.det_crop = det_size, det_crop
         self.pools = {}
         # Real pages (corpus.py's split) for this fraction of the samples, synthetic ones for the rest.
-        self.real = real.RealPages(corpus, self.rng) if corpus else None
+        self.real = real.RealPages(corpus, self.rng, scan=scan_crops) if corpus else None
         self.real_fraction = real_fraction if corpus else 0.0
         if self.real:
             # Synthetic words are half the corpus's own words, half synth's mix (numbers, random
@@ -336,7 +336,11 @@ def train(task, args, fonts):
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = build(task)
-    if t.init_from:
+    if args.init:
+        # A later run of the same architecture (a fine-tune): its card names what it started from.
+        model.load_state_dict(torch.load(args.init, map_location="cpu"))
+        log(f"[{task}] weights from {args.init}")
+    elif t.init_from:
         init_backbone(model, Path(args.backbone) if args.backbone else out / f"{TASKS[t.init_from].arch}{args.suffix}.pt",
                       task)
     # oneDNN trains the crop classifier's convs 1.6x faster on NHWC tensors (a 32x256x256 step
@@ -345,7 +349,7 @@ def train(task, args, fonts):
     model = model.to(memory_format=layout)
     corpus = Path(args.corpus) if args.corpus else None
     data = Data(task, args.seed, model.cfg, args.det_size, args.det_crop, fonts, corpus / "train" if corpus else None,
-                args.real_fraction)
+                args.real_fraction, args.scan_crops)
     # Validation on the corpus's held-out packages (`val`), never on the test split.
     val_x, val_y = Data(task, args.seed + 7919, model.cfg, args.det_size, args.det_crop, fonts,
                         corpus / "val" if corpus else None, args.real_fraction).batch(
@@ -520,6 +524,10 @@ def replay_command(task, args, steps, schedule):
         cmd += f" --det-size {args.det_size} --det-crop {args.det_crop}"
     if args.corpus:
         cmd += f" --corpus CORPUS --real-fraction {args.real_fraction} --suffix {args.suffix}"
+    if args.scan_crops:
+        cmd += f" --scan-crops {args.scan_crops}"
+    if args.init:
+        cmd += f" --init {Path(args.init).name}"
     return cmd
 
 
@@ -611,7 +619,8 @@ def card(task, args, record, onnx_path):
         what = what.replace("synthetic", "real and synthetic")
         source = (f"{args.real_fraction:.0%} real pages of Debian documentation PDFs, models/train/corpus.py's train "
                   "split; the rest models/train/synth.py in the typefaces of synth.doc_fonts")
-    start = (f"the backbone of {TASKS[t.init_from].arch}{args.suffix}" if t.init_from
+    start = (Path(args.init).stem if args.init
+             else f"the backbone of {TASKS[t.init_from].arch}{args.suffix}" if t.init_from
              else "random initialisation")
     text = (
         f"# docTR {v['python-doctr']} {t.arch}, trained in Kiln from {start} on {what}\n"
@@ -654,6 +663,9 @@ def main():
     ap.add_argument("--corpus", help="corpus.py's output (train/ and val/ splits): real pages for "
                                      "--real-fraction of the samples")
     ap.add_argument("--real-fraction", type=float, default=0.75)
+    ap.add_argument("--scan-crops", type=float, default=0.0,
+                    help="fraction of real word crops cut from a scan-like copy of their region (real.scan_crop)")
+    ap.add_argument("--init", help="train.py weights (.pt) of the same architecture to start from (a fine-tune)")
     ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint of the task, if any")
     ap.add_argument("--checkpoint-minutes", type=float, default=10)
     ap.add_argument("--no-font-install", action="store_true")
